@@ -1,0 +1,150 @@
+"""Read a checkpoint directory written by HF `save_pretrained` into a nested dict of NumPy arrays.
+
+Every tensor is checked against the shapes the config implies before the model is built, so a mismatch is
+reported by key, with the expected and the found shape, rather than as a NumPy error in the forward pass.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import safetensors
+
+from .config import NUM_STAGES, LevitConfig, layer_plan
+from .layers import attention_bias_idxs
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+# safetensors dtype -> NumPy dtype (little-endian, as the format specifies). BF16 has no NumPy dtype: see _to_numpy.
+_DTYPES = {"F16": "<f2", "F32": "<f4", "F64": "<f8", "BF16": "<u2"}
+# Tensors old checkpoints carry that we never use: the bias index tables are rebuilt from the config.
+_IGNORED_SUFFIXES = (".num_batches_tracked", ".attention_bias_idxs")
+
+
+def load_checkpoint(path: str | Path, dtype=np.float32) -> tuple[LevitConfig, str, dict]:
+    """Load `path/config.json` + `path/model.safetensors`. Returns (config, architecture, nested params)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint directory not found: {path}")
+    if not path.is_dir():
+        raise NotADirectoryError(f"{path} is not a directory: expected a directory holding {CONFIG_NAME} and "
+                                 f"{WEIGHTS_NAME}, as written by HF save_pretrained")
+    config = LevitConfig.from_json(path / CONFIG_NAME)
+    tensors = read_safetensors(path / WEIGHTS_NAME)
+    architecture = config.architecture or _infer_architecture(tensors)
+    flat = _check_against_config(tensors, config, architecture, path / WEIGHTS_NAME)
+    params = _nest({k: _to_numpy(t, dtype) for k, t in flat.items()})
+    for stage, layers in zip(params["encoder"]["stages"], layer_plan(config)):
+        for p, layer in zip(stage["layers"], layers):  # our own bias index tables, built once at load
+            if layer.kind != "mlp":
+                p = p["module"] if layer.kind == "attention" else p
+                p["attention_bias_idxs"] = attention_bias_idxs(layer.resolution, layer.resolution_out, layer.stride)
+    return config, architecture, params
+
+
+def read_safetensors(path: Path) -> dict[str, dict]:
+    """{key: {"dtype", "shape", "data"}} for every tensor of a safetensors file; OSError naming a bad file."""
+    if not path.is_file():
+        hint = ""
+        if (path.parent / "pytorch_model.bin").exists():
+            hint = (" (found pytorch_model.bin: levit-np reads only safetensors; convert with "
+                    "`model.save_pretrained(dir, safe_serialization=True)` in transformers)")
+        raise FileNotFoundError(f"weights file not found: {path}{hint}")
+    try:
+        return dict(safetensors.deserialize(path.read_bytes()))
+    except safetensors.SafetensorError as e:
+        raise OSError(f"{path}: not a valid safetensors file, truncated or corrupt? ({e})") from None
+
+
+def _infer_architecture(tensors) -> str:
+    keys = [k.removeprefix("levit.") for k in tensors]
+    if any(k.startswith("classifier_distill.") for k in keys):
+        return "LevitForImageClassificationWithTeacher"
+    if any(k.startswith("classifier.") for k in keys):
+        return "LevitForImageClassification"
+    return "LevitModel"
+
+
+def expected_shapes(config: LevitConfig, architecture: str) -> dict[str, tuple[int, ...]]:
+    """Every tensor key (without `levit.`) the checkpoint must hold, with its shape."""
+    shapes = {}
+    c0, k = config.hidden_sizes[0], config.kernel_size
+    stem = [config.num_channels, c0 // 8, c0 // 4, c0 // 2, c0]
+    for i in range(4):
+        key = f"patch_embeddings.embedding_layer_{i + 1}"
+        shapes[f"{key}.convolution.weight"] = (stem[i + 1], stem[i], k, k)
+        for p in ("weight", "bias", "running_mean", "running_var"):
+            shapes[f"{key}.batch_norm.{p}"] = (stem[i + 1],)
+    for layers in layer_plan(config):
+        for layer in layers:
+            shapes.update({f"{layer.key}.{name}": shape for name, shape in layer.shapes().items()})
+    heads = {"LevitModel": (), "LevitForImageClassification": ("classifier",),
+             "LevitForImageClassificationWithTeacher": ("classifier", "classifier_distill")}[architecture]
+    C, n = config.hidden_sizes[NUM_STAGES - 1], config.num_labels
+    for head in heads if n > 0 else ():  # HF uses nn.Identity (no weights) when num_labels == 0
+        for p in ("weight", "bias", "running_mean", "running_var"):
+            shapes[f"{head}.batch_norm.{p}"] = (C,)
+        shapes[f"{head}.linear.weight"] = (n, C)
+        shapes[f"{head}.linear.bias"] = (n,)
+    return shapes
+
+
+def _check_against_config(tensors, config, architecture, file) -> dict[str, dict]:
+    flat = {}
+    for key, t in tensors.items():
+        if key.endswith(_IGNORED_SUFFIXES):
+            continue
+        name = key.removeprefix("levit.")
+        if name in flat:
+            raise ValueError(f"{file}: tensor {name!r} appears both with and without the 'levit.' prefix")
+        flat[name] = t
+    want = expected_shapes(config, architecture)
+    missing = [k for k in want if k not in flat]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise ValueError(f"{file}: missing tensor {missing[0]!r}{more} for a {architecture} with this config.json")
+    unexpected = [k for k in flat if k not in want]
+    if unexpected:
+        raise ValueError(f"{file}: unexpected tensor {unexpected[0]!r} ({len(unexpected)} in all): config.json "
+                         f"(depths={list(config.depths)}, architecture {architecture}) disagrees with the weights")
+    for key, shape in want.items():
+        found = tuple(flat[key]["shape"])
+        if found != shape:
+            raise ValueError(f"{file}: tensor {key!r} has shape {found}, but config.json implies {shape} "
+                             f"(hidden_sizes={list(config.hidden_sizes)}, "
+                             f"num_attention_heads={list(config.num_attention_heads)}, "
+                             f"key_dim={list(config.key_dim)}, num_labels={config.num_labels})")
+        if flat[key]["dtype"] not in _DTYPES:
+            raise ValueError(f"{file}: tensor {key!r} has dtype {flat[key]['dtype']}, expected a float type "
+                             f"({', '.join(_DTYPES)})")
+    return flat
+
+
+def _to_numpy(t: dict, dtype) -> np.ndarray:
+    raw = np.frombuffer(t["data"], dtype=_DTYPES[t["dtype"]]).reshape(t["shape"])
+    if t["dtype"] == "BF16":  # bfloat16 is the top half of a float32
+        raw = (raw.astype(np.uint32) << 16).view(np.float32)
+    return raw.astype(dtype)  # always a fresh, writable, native-endian copy
+
+
+def _nest(flat: dict[str, np.ndarray]) -> dict:
+    """{"a.0.b": x} -> {"a": [{"b": x}]}: dotted keys become dicts, runs of integer keys become lists."""
+    root = {}
+    for key, value in flat.items():
+        *parents, leaf = key.split(".")
+        node = root
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+
+    def listify(node):
+        if not isinstance(node, dict):
+            return node
+        node = {k: listify(v) for k, v in node.items()}
+        if node and all(k.isdigit() for k in node):
+            return [node[str(i)] for i in range(len(node))]
+        return node
+
+    return listify(root)

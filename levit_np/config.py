@@ -1,0 +1,257 @@
+"""LeViT hyper-parameters, read from the `config.json` that HF `save_pretrained` writes.
+
+Only the fields the forward pass uses are kept. Everything is validated here, once, so that the forward pass can
+trust its shapes: a bad config raises `ValueError` naming the field, never a NumPy error later on.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# The five released checkpoints (Graham et al. 2021, Table 1; facebook/levit-* on the Hub).
+# All are LevitForImageClassificationWithTeacher with 1000 ImageNet labels; other fields take the defaults below.
+VARIANTS = {
+    "128S": dict(hidden_sizes=(128, 256, 384), num_attention_heads=(4, 6, 8), depths=(2, 3, 4), key_dim=(16, 16, 16)),
+    "128": dict(hidden_sizes=(128, 256, 384), num_attention_heads=(4, 8, 12), depths=(4, 4, 4), key_dim=(16, 16, 16)),
+    "192": dict(hidden_sizes=(192, 288, 384), num_attention_heads=(3, 5, 6), depths=(4, 4, 4), key_dim=(32, 32, 32)),
+    "256": dict(hidden_sizes=(256, 384, 512), num_attention_heads=(4, 6, 8), depths=(4, 4, 4), key_dim=(32, 32, 32)),
+    "384": dict(hidden_sizes=(384, 512, 768), num_attention_heads=(6, 9, 12), depths=(4, 4, 4), key_dim=(32, 32, 32)),
+}
+
+ARCHITECTURES = ("LevitModel", "LevitForImageClassification", "LevitForImageClassificationWithTeacher")
+
+NUM_STAGES = 3  # HF's LevitConfig always has two down_ops, hence exactly three stages
+BN_EPS = 1e-5  # torch.nn.BatchNorm default, which HF LeViT never changes
+
+
+@dataclass(frozen=True)
+class Subsample:
+    """One `down_ops` entry: the LevitAttentionSubsample (+ MLP) that ends a stage."""
+
+    key_dim: int  # HF: key_dim[0] of the config, for both subsamples
+    num_attention_heads: int  # HF: hidden_sizes[s] // key_dim[0]
+    attention_ratio: int  # HF: 4
+    mlp_ratio: int  # HF: 2 (0 = no MLP after the subsample)
+    stride: int  # HF: 2
+
+
+@dataclass(frozen=True)
+class LevitConfig:
+    hidden_sizes: tuple[int, ...] = (128, 256, 384)
+    num_attention_heads: tuple[int, ...] = (4, 8, 12)
+    depths: tuple[int, ...] = (4, 4, 4)
+    key_dim: tuple[int, ...] = (16, 16, 16)
+    mlp_ratio: tuple[int, ...] = (2, 2, 2)
+    attention_ratio: tuple[int, ...] = (2, 2, 2)
+    down_ops: tuple[Subsample, ...] = ()  # derived from key_dim / hidden_sizes when empty, as HF does
+    image_size: int = 224
+    patch_size: int = 16
+    num_channels: int = 3
+    kernel_size: int = 3
+    stride: int = 2
+    padding: int = 1
+    id2label: dict[int, str] = field(default_factory=lambda: {0: "LABEL_0", 1: "LABEL_1"})
+    architecture: str | None = None  # config.json "architectures"[0], when it names a LeViT class
+
+    def __post_init__(self):
+        _validate(self)
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.id2label)
+
+    @property
+    def resolutions(self) -> tuple[int, ...]:
+        """Token-grid side length in each stage: 224 px -> (14, 7, 4); 160 px -> (10, 5, 3)."""
+        r = [self.image_size // self.patch_size]
+        for sub in self.down_ops:
+            r.append((r[-1] - 1) // sub.stride + 1)  # HF: (resolution_in - 1) // stride + 1
+        return tuple(r)
+
+    @classmethod
+    def from_dict(cls, d: dict, *, source: str = "config") -> LevitConfig:
+        """Build from a parsed config.json; `source` names the file in error messages."""
+        if not isinstance(d, dict):
+            raise ValueError(f"{source}: expected a JSON object, found {type(d).__name__}")
+        if d.get("model_type", "levit") != "levit":
+            raise ValueError(f"{source}: model_type is {d['model_type']!r}, not 'levit'")
+        kw = {}
+        for name in ("hidden_sizes", "num_attention_heads", "depths", "key_dim", "mlp_ratio", "attention_ratio"):
+            if name in d:
+                kw[name] = _int_tuple(d[name], f"{source}: {name}")
+        for name in ("image_size", "patch_size", "num_channels", "kernel_size", "stride", "padding"):
+            if name in d:
+                kw[name] = _int(d[name], f"{source}: {name}")
+        if "down_ops" in d:
+            kw["down_ops"] = _parse_down_ops(d["down_ops"], f"{source}: down_ops")
+        kw["id2label"] = _parse_id2label(d, source)
+        archs = d.get("architectures") or []
+        kw["architecture"] = next((a for a in archs if a in ARCHITECTURES), None)
+        try:
+            return cls(**kw)
+        except ValueError as e:
+            raise ValueError(f"{source}: {e}") from None
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> LevitConfig:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file not found: {path}")
+        try:
+            d = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{path}: not valid JSON ({e})") from None
+        return cls.from_dict(d, source=str(path))
+
+
+def _int(v, what: str) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ValueError(f"{what} must be an integer, found {v!r}")
+    return v
+
+
+def _int_tuple(v, what: str) -> tuple[int, ...]:
+    if not isinstance(v, (list, tuple)):
+        raise ValueError(f"{what} must be a list of integers, found {v!r}")
+    return tuple(_int(x, what) for x in v)
+
+
+def _parse_down_ops(v, what: str) -> tuple[Subsample, ...]:
+    # HF layout: [["Subsample", key_dim, heads, attention_ratio, mlp_ratio, stride], ..., [""]];
+    # every HF model build appends one more [""], which marks "no downsampling after the last stage".
+    if not isinstance(v, (list, tuple)):
+        raise ValueError(f"{what} must be a list, found {v!r}")
+    ops = []
+    for i, op in enumerate(v):
+        if isinstance(op, (list, tuple)) and len(op) >= 1 and op[0] == "":
+            continue
+        if not (isinstance(op, (list, tuple)) and len(op) == 6 and op[0] == "Subsample"):
+            raise ValueError(f"{what}[{i}] must be ['Subsample', key_dim, heads, attention_ratio, mlp_ratio, stride]"
+                             f" or [''], found {op!r}")
+        ops.append(Subsample(*(_int(x, f"{what}[{i}]") for x in op[1:])))
+    return tuple(ops)
+
+
+def _parse_id2label(d: dict, source: str) -> dict[int, str]:
+    if "id2label" in d:
+        raw = d["id2label"]
+        if not isinstance(raw, dict):
+            raise ValueError(f"{source}: id2label must be an object, found {raw!r}")
+        try:
+            id2label = {int(k): str(v) for k, v in raw.items()}
+        except ValueError:
+            raise ValueError(f"{source}: id2label keys must be integers, found {list(raw)[:5]}") from None
+        if sorted(id2label) != list(range(len(id2label))):
+            raise ValueError(f"{source}: id2label keys must be 0..{len(id2label) - 1}, found {sorted(id2label)[:10]}")
+        return id2label
+    n = _int(d.get("num_labels", 2), f"{source}: num_labels")  # HF's PretrainedConfig default is 2 labels
+    return {i: f"LABEL_{i}" for i in range(n)}
+
+
+def _validate(c: LevitConfig) -> None:
+    per_stage = ("hidden_sizes", "num_attention_heads", "depths", "key_dim", "mlp_ratio", "attention_ratio")
+    for name in per_stage:
+        v = getattr(c, name)
+        if len(v) != NUM_STAGES:
+            raise ValueError(f"{name} must have {NUM_STAGES} entries (one per stage), found {list(v)}")
+        low = 0 if name in ("depths", "mlp_ratio") else 1
+        if any(x < low for x in v):
+            raise ValueError(f"{name} must be >= {low}, found {list(v)}")
+    for name in ("image_size", "patch_size", "num_channels", "kernel_size", "stride"):
+        if getattr(c, name) < 1:
+            raise ValueError(f"{name} must be >= 1, found {getattr(c, name)}")
+    if c.padding < 0:
+        raise ValueError(f"padding must be >= 0, found {c.padding}")
+    if not c.down_ops:  # HF LevitConfig.__post_init__
+        kd, hs = c.key_dim[0], c.hidden_sizes
+        object.__setattr__(c, "down_ops", tuple(Subsample(kd, hs[s] // kd, 4, 2, 2) for s in range(NUM_STAGES - 1)))
+    if len(c.down_ops) != NUM_STAGES - 1:
+        raise ValueError(f"down_ops must have {NUM_STAGES - 1} 'Subsample' entries, found {len(c.down_ops)}")
+    for s, sub in enumerate(c.down_ops):
+        if min(sub.key_dim, sub.num_attention_heads, sub.attention_ratio, sub.stride) < 1 or sub.mlp_ratio < 0:
+            raise ValueError(f"down_ops[{s}] has a non-positive entry: {sub}")
+    # The conv stem must land exactly on the token grid the attention biases are built for.
+    side = c.image_size
+    for _ in range(4):
+        side = (side + 2 * c.padding - c.kernel_size) // c.stride + 1
+    grid = c.image_size // c.patch_size
+    if side != grid or grid < 1:
+        raise ValueError(f"image_size {c.image_size} gives a {side}x{side} grid after the conv stem but "
+                         f"image_size // patch_size = {grid}; with the 3x3/stride-2 stem, image_size must be a "
+                         f"multiple of {c.patch_size}")
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One entry of `encoder.stages.{stage}.layers.{index}`, in the order HF's LevitStage builds them."""
+
+    kind: str  # "attention" | "mlp" (both residual, weights under ".module") | "attention_subsample"
+    stage: int
+    index: int
+    dim: int  # channels in
+    out_dim: int  # channels out (differs from dim only for attention_subsample)
+    resolution: int  # grid side of the input tokens
+    hidden_dim: int = 0  # mlp: dim * mlp_ratio
+    num_attention_heads: int = 0
+    key_dim: int = 0
+    attention_ratio: int = 0
+    stride: int = 1  # attention_subsample: query stride
+
+    @property
+    def key(self) -> str:
+        """Checkpoint prefix of this layer's weights (without the `levit.` of the classification models)."""
+        key = f"encoder.stages.{self.stage}.layers.{self.index}"
+        return key if self.kind == "attention_subsample" else key + ".module"
+
+    @property
+    def resolution_out(self) -> int:
+        return (self.resolution - 1) // self.stride + 1
+
+    def hyper(self) -> dict:
+        """Keyword arguments the layer function takes besides its weights."""
+        if self.kind == "mlp":
+            return {}
+        h = dict(num_attention_heads=self.num_attention_heads, key_dim=self.key_dim,
+                 attention_ratio=self.attention_ratio)
+        if self.kind == "attention_subsample":
+            h.update(stride=self.stride, resolution=self.resolution)
+        return h
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        """Expected tensor shapes, keyed relative to `self.key`."""
+        def linear_bn(name, cin, cout):
+            bn = {f"{name}.batch_norm.{p}": (cout,) for p in ("weight", "bias", "running_mean", "running_var")}
+            return {f"{name}.linear.weight": (cout, cin), **bn}
+
+        C, H, kd, vd = self.dim, self.num_attention_heads, self.key_dim, self.attention_ratio * self.key_dim
+        if self.kind == "mlp":
+            return {**linear_bn("linear_up", C, self.hidden_dim), **linear_bn("linear_down", self.hidden_dim, C)}
+        bias = {"attention_biases": (H, self.resolution ** 2)}
+        if self.kind == "attention":
+            return {**linear_bn("queries_keys_values", C, H * (2 * kd + vd)), **linear_bn("projection", H * vd, C),
+                    **bias}
+        return {**linear_bn("keys_values", C, H * (kd + vd)), **linear_bn("queries", C, H * kd),
+                **linear_bn("projection", H * vd, self.out_dim), **bias}
+
+
+def layer_plan(c: LevitConfig) -> list[list[Layer]]:
+    """The encoder's layers, stage by stage, exactly as HF's LevitStage appends them."""
+    stages = []
+    for s in range(NUM_STAGES):
+        C, R, layers = c.hidden_sizes[s], c.resolutions[s], []
+        for _ in range(c.depths[s]):
+            layers.append(Layer("attention", s, len(layers), C, C, R, num_attention_heads=c.num_attention_heads[s],
+                                key_dim=c.key_dim[s], attention_ratio=c.attention_ratio[s]))
+            if c.mlp_ratio[s] > 0:
+                layers.append(Layer("mlp", s, len(layers), C, C, R, hidden_dim=C * c.mlp_ratio[s]))
+        if s < NUM_STAGES - 1:  # LevitAttentionSubsample, then an MLP at the new width
+            sub, C2 = c.down_ops[s], c.hidden_sizes[s + 1]
+            down = Layer("attention_subsample", s, len(layers), C, C2, R, num_attention_heads=sub.num_attention_heads,
+                         key_dim=sub.key_dim, attention_ratio=sub.attention_ratio, stride=sub.stride)
+            layers.append(down)
+            if sub.mlp_ratio > 0:
+                layers.append(Layer("mlp", s, len(layers), C2, C2, down.resolution_out, hidden_dim=C2 * sub.mlp_ratio))
+        stages.append(layers)
+    return stages

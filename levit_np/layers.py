@@ -1,0 +1,121 @@
+"""The readable reference: every LeViT layer as a plain NumPy function over a dict of weights.
+
+Argument names follow the checkpoint keys, so a layer is called as `attention(x, **params[...]["module"], ...)`.
+Shapes use B batch, N tokens (R*R on an R x R grid), C channels, H heads, kd key dim, ar attention ratio.
+Eval-mode BatchNorm is written out explicitly here; the fast path (`kernels.py`) folds it into the weights.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .config import BN_EPS
+
+
+def hardswish(x):
+    # x * relu6(x + 3) / 6, in torch's order of operations: bit-identical to torch.nn.Hardswish in float32
+    return x * np.minimum(np.maximum(x + 3, 0), 6) / 6
+
+
+def softmax(x, axis=-1):
+    x = x - x.max(axis=axis, keepdims=True)  # stable: the largest logit becomes exp(0) = 1
+    e = np.exp(x)
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def batchnorm(x, weight, bias, running_mean, running_var, axis=-1):
+    # eval-mode BatchNorm over the channel axis `axis` with the stored statistics
+    shape = [1] * x.ndim
+    shape[axis] = -1
+    scale = (weight / np.sqrt(running_var + BN_EPS)).reshape(shape)  # (C,) -> broadcastable
+    return (x - running_mean.reshape(shape)) * scale + bias.reshape(shape)
+
+
+def conv2d(x, weight, stride=2, padding=1):
+    # im2col convolution, no bias: (B, Cin, H, W) -> (B, Cout, H', W'), H' = (H + 2p - k) // s + 1
+    B, Cin, H, W = x.shape
+    Cout, _, k, _ = weight.shape
+    x = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))  # (B, Cin, H+2p, W+2p)
+    patches = np.lib.stride_tricks.sliding_window_view(x, (k, k), axis=(2, 3))  # (B, Cin, H+2p-k+1, ., k, k)
+    patches = patches[:, :, ::stride, ::stride]  # (B, Cin, H', W', k, k)
+    Ho, Wo = patches.shape[2:4]
+    cols = patches.transpose(0, 2, 3, 1, 4, 5).reshape(B * Ho * Wo, Cin * k * k)  # (B*H'*W', Cin*k*k)
+    out = cols @ weight.reshape(Cout, Cin * k * k).T  # (B*H'*W', Cout)
+    return out.reshape(B, Ho, Wo, Cout).transpose(0, 3, 1, 2)  # (B, Cout, H', W')
+
+
+def conv_bn(x, convolution, batch_norm, stride=2, padding=1):
+    # LevitConvEmbeddings: Conv2d(no bias) + BatchNorm2d: (B, Cin, H, W) -> (B, Cout, H/2, W/2) at stride 2
+    return batchnorm(conv2d(x, convolution["weight"], stride, padding), **batch_norm, axis=1)
+
+
+def patch_embeddings(pixel_values, embedding_layer_1, embedding_layer_2, embedding_layer_3, embedding_layer_4, *,
+                     stride=2, padding=1):
+    # the conv stem: 4 x (conv 3x3/2 + BN), Hardswish after the first three; 224 -> 112 -> 56 -> 28 -> 14
+    x = hardswish(conv_bn(pixel_values, **embedding_layer_1, stride=stride, padding=padding))  # (B, C/8, 112, 112)
+    x = hardswish(conv_bn(x, **embedding_layer_2, stride=stride, padding=padding))  # -> (B, C/4, 56, 56)
+    x = hardswish(conv_bn(x, **embedding_layer_3, stride=stride, padding=padding))  # -> (B, C/2, 28, 28)
+    x = conv_bn(x, **embedding_layer_4, stride=stride, padding=padding)  # -> (B, C, 14, 14)
+    B, C = x.shape[:2]
+    return x.reshape(B, C, -1).transpose(0, 2, 1)  # (B, C, R, R) -> (B, R*R, C), token t = row*R + col
+
+
+def linear_bn(x, linear, batch_norm):
+    # MLPLayerWithBN: Linear(bias=False) + BatchNorm1d over channels: (B, N, Cin) -> (B, N, Cout)
+    return batchnorm(x @ linear["weight"].T, **batch_norm)
+
+
+def attention_bias_idxs(resolution_in, resolution_out=None, stride=1):
+    # (Nq, Nk) index into the (H, R*R) bias table: query cell (a, b) sits at (stride*a, stride*b) of the key grid;
+    # the bias depends only on the offset to key cell (c, d): idx = |stride*a - c| * R + |stride*b - d|
+    R, Rq = resolution_in, resolution_out or resolution_in
+    q = np.arange(Rq) * stride  # query rows/cols on the key grid
+    k = np.arange(R)
+    dy = np.abs(q[:, None, None, None] - k[None, None, :, None])  # (Rq, 1, R, 1)
+    dx = np.abs(q[None, :, None, None] - k[None, None, None, :])  # (1, Rq, 1, R)
+    return (dy * R + dx).reshape(Rq * Rq, R * R)  # (Nq, Nk)
+
+
+def attention(x, queries_keys_values, projection, attention_biases, attention_bias_idxs, *,
+              num_attention_heads, key_dim, attention_ratio):
+    # LevitAttention, the residual branch (the caller adds x). Returns (out, attention probabilities).
+    B, N, C = x.shape
+    H, kd, vd = num_attention_heads, key_dim, attention_ratio * key_dim
+    qkv = linear_bn(x, **queries_keys_values)  # (B, N, C) -> (B, N, H*(2kd+vd))
+    qkv = qkv.reshape(B, N, H, 2 * kd + vd).transpose(0, 2, 1, 3)  # (B, H, N, 2kd+vd): per head [q | k | v]
+    q, k, v = qkv[..., :kd], qkv[..., kd:2 * kd], qkv[..., 2 * kd:]  # (B, H, N, kd), (B, H, N, kd), (B, H, N, vd)
+    scores = q @ k.swapaxes(-1, -2) * kd**-0.5  # (B, H, N, N)
+    scores = scores + attention_biases[:, attention_bias_idxs]  # + (H, N, N) learned bias by offset
+    probs = softmax(scores)  # over keys
+    out = (probs @ v).transpose(0, 2, 1, 3).reshape(B, N, H * vd)  # (B, H, N, vd) -> (B, N, H*vd), head-major
+    return linear_bn(hardswish(out), **projection), probs  # (B, N, H*vd) -> (B, N, C)
+
+
+def attention_subsample(x, keys_values, queries, projection, attention_biases, attention_bias_idxs, *,
+                        num_attention_heads, key_dim, attention_ratio, stride, resolution):
+    # LevitAttentionSubsample (no residual): queries from every stride-th cell, keys/values from all cells.
+    # (B, R*R, C) -> (B, R'*R', C'), R' = (R - 1) // stride + 1. Returns (out, attention probabilities).
+    B, N, C = x.shape
+    H, kd, vd = num_attention_heads, key_dim, attention_ratio * key_dim
+    kv = linear_bn(x, **keys_values)  # (B, N, C) -> (B, N, H*(kd+vd))
+    kv = kv.reshape(B, N, H, kd + vd).transpose(0, 2, 1, 3)  # (B, H, N, kd+vd): per head [k | v]
+    k, v = kv[..., :kd], kv[..., kd:]  # (B, H, N, kd), (B, H, N, vd)
+    xq = x.reshape(B, resolution, resolution, C)[:, ::stride, ::stride]  # (B, R', R', C) subsampled grid
+    xq = xq.reshape(B, -1, C)  # (B, Nq, C)
+    Nq = xq.shape[1]
+    q = linear_bn(xq, **queries).reshape(B, Nq, H, kd).transpose(0, 2, 1, 3)  # (B, Nq, C) -> (B, H, Nq, kd)
+    scores = q @ k.swapaxes(-1, -2) * kd**-0.5  # (B, H, Nq, N)
+    scores = scores + attention_biases[:, attention_bias_idxs]  # + (H, Nq, N)
+    probs = softmax(scores)
+    out = (probs @ v).transpose(0, 2, 1, 3).reshape(B, Nq, H * vd)  # (B, H, Nq, vd) -> (B, Nq, H*vd)
+    return linear_bn(hardswish(out), **projection), probs  # (B, Nq, H*vd) -> (B, Nq, C')
+
+
+def mlp(x, linear_up, linear_down):
+    # LevitMLPLayer, the residual branch: (B, N, C) -> (B, N, C*r) -> Hardswish -> (B, N, C)
+    return linear_bn(hardswish(linear_bn(x, **linear_up)), **linear_down)
+
+
+def classification_layer(x, batch_norm, linear):
+    # LevitClassificationLayer: BatchNorm1d then Linear with bias: (B, C) -> (B, num_labels)
+    return batchnorm(x, **batch_norm) @ linear["weight"].T + linear["bias"]

@@ -1,0 +1,28 @@
+"""Fixtures: randomised HF checkpoints saved once per session, and a deterministic hypothesis profile."""
+
+import os
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+from helpers import build_hf, save_hf
+
+# CI and local runs see the same examples: derandomize draws them from a hash of the test, not a clock.
+settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True,
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory):
+    """checkpoint(cls_name, seed=0, num_labels=1000, **config) -> (hf_model, saved_dir); built once per args."""
+    cache = {}
+
+    def make(cls_name="LevitForImageClassificationWithTeacher", seed=0, num_labels=1000, **config_kw):
+        key = (cls_name, seed, num_labels, tuple(sorted((k, str(v)) for k, v in config_kw.items())))
+        if key not in cache:
+            model = build_hf(cls_name, seed=seed, num_labels=num_labels, **config_kw)
+            cache[key] = model, save_hf(model, tmp_path_factory.mktemp(cls_name))
+        return cache[key]
+
+    return make

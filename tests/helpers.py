@@ -1,0 +1,142 @@
+"""Shared test machinery: build HF LeViT models with every parameter and buffer randomised, save them, compare.
+
+HF's default init makes every BatchNorm an identity and every bias zero, which hides exactly the bugs a port makes
+(BN axis, running statistics, bias-table indexing); so every float parameter and buffer is redrawn here.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import torch
+import transformers
+
+import levit_np
+from levit_np.model import BACKENDS
+
+# Worst relative error allowed, max|ours - HF| / max(1, max|HF|), per output:
+# float32: GEMMs are not bit-reproducible across BLAS libraries (OpenBLAS vs MKL/oneDNN); with weights scaled
+#   1/sqrt(fan_in) the accumulated rounding over ~40 layers measures ~1e-6, so 1e-4 leaves two orders of margin
+#   while any real bug (wrong BN axis, bias index, head split) shows up at 1e-2 or more.
+# float64: the same algorithm in double precision measures ~1e-14; 1e-10 proves the arithmetic is the same.
+RTOL = {"float32": 1e-4, "float64": 1e-10}
+
+ALL_BACKENDS = sorted(BACKENDS)
+CLASSES = ("LevitModel", "LevitForImageClassification", "LevitForImageClassificationWithTeacher")
+
+# The released variants, written out from the paper / LEVIT_NOTES independently of levit_np.VARIANTS.
+# drop_path_rate=0: the 0.1 of levit-384 fails transformers 5.x's strict config validation (eval ignores it anyway).
+HF_VARIANTS = {
+    "128S": dict(hidden_sizes=[128, 256, 384], num_attention_heads=[4, 6, 8], depths=[2, 3, 4], key_dim=[16, 16, 16]),
+    "128": dict(hidden_sizes=[128, 256, 384], num_attention_heads=[4, 8, 12], depths=[4, 4, 4], key_dim=[16, 16, 16]),
+    "192": dict(hidden_sizes=[192, 288, 384], num_attention_heads=[3, 5, 6], depths=[4, 4, 4], key_dim=[32, 32, 32]),
+    "256": dict(hidden_sizes=[256, 384, 512], num_attention_heads=[4, 6, 8], depths=[4, 4, 4], key_dim=[32, 32, 32]),
+    "384": dict(hidden_sizes=[384, 512, 768], num_attention_heads=[6, 9, 12], depths=[4, 4, 4], key_dim=[32, 32, 32]),
+}
+
+
+def hf_config(num_labels=1000, **kw) -> transformers.LevitConfig:
+    kw.setdefault("drop_path_rate", 0)
+    return transformers.LevitConfig(num_labels=num_labels, **kw)
+
+
+@torch.no_grad()
+def randomize_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Redraw every float parameter and buffer, scaled so activations stay O(1) through the whole network."""
+    g = torch.Generator().manual_seed(seed)
+
+    def draw(t, lo=None, hi=None, std=None):
+        new = (torch.rand(t.shape, generator=g, dtype=torch.float64) * (hi - lo) + lo if std is None
+               else torch.randn(t.shape, generator=g, dtype=torch.float64) * std)
+        t.copy_(new.to(t.dtype))
+
+    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+        if not t.dtype.is_floating_point:
+            continue  # num_batches_tracked, attention_bias_idxs
+        if name.endswith("running_var"):
+            draw(t, 0.5, 2.0)
+        elif name.endswith("running_mean"):
+            draw(t, std=0.2)
+        elif name.endswith("batch_norm.weight"):
+            draw(t, 0.5, 1.5)
+        elif name.endswith("batch_norm.bias") or name.endswith("linear.bias"):
+            draw(t, std=0.2)
+        elif name.endswith("attention_biases"):
+            draw(t, std=1.0)
+        elif name.endswith("weight"):  # linear (out, in) / conv (out, in, k, k)
+            draw(t, std=1 / math.sqrt(t[0].numel()))
+        else:
+            raise AssertionError(f"randomize_: no rule for {name}")
+    return model
+
+
+def build_hf(cls_name: str = "LevitForImageClassificationWithTeacher", seed: int = 0, num_labels: int = 1000,
+             **config_kw) -> torch.nn.Module:
+    """An eval-mode HF LeViT of class `cls_name` with every parameter and buffer randomised."""
+    cls = getattr(transformers, cls_name)
+    return randomize_(cls(hf_config(num_labels=num_labels, **config_kw)).eval(), seed)
+
+
+def save_hf(model: torch.nn.Module, path, dtype=None) -> str:
+    """save_pretrained (optionally cast to `dtype` first) and return the directory as str."""
+    if dtype is not None:
+        model = model.to(dtype)
+    model.save_pretrained(str(path))
+    return str(path)
+
+
+def random_pixels(batch: int, image_size: int = 224, seed: int = 0, num_channels: int = 3) -> np.ndarray:
+    """Normalised-image-like input, (B, C, S, S) float32."""
+    return np.random.default_rng(seed).standard_normal((batch, num_channels, image_size, image_size),
+                                                       dtype=np.float32)
+
+
+@torch.no_grad()
+def hf_forward(model, pixel_values: np.ndarray, **kw):
+    dtype = torch.float64 if pixel_values.dtype == np.float64 else torch.float32
+    if next(model.parameters()).dtype != dtype:
+        model = copy.deepcopy(model).to(dtype)  # never change a model a fixture shares
+    return model(torch.from_numpy(pixel_values), output_hidden_states=True, **kw)
+
+
+def rel_err(ours, ref) -> float:
+    """max|ours - ref| / max(1, max|ref|): relative to the output's scale, absolute near zero."""
+    ref = ref.detach().numpy() if isinstance(ref, torch.Tensor) else np.asarray(ref)
+    assert ours.shape == ref.shape, f"shape {ours.shape} != reference {ref.shape}"
+    return float(np.abs(ours.astype(np.float64) - ref).max() / max(1.0, np.abs(ref).max()))
+
+
+def compare_outputs(ours: levit_np.LevitOutput, ref, cls_name: str, dtype: str = "float32") -> dict[str, float]:
+    """Assert every output the HF class returns matches ours within RTOL[dtype]; return the errors by name."""
+    errs = {}
+    if cls_name == "LevitModel":
+        errs["last_hidden_state"] = rel_err(ours.last_hidden_state, ref.last_hidden_state)
+        errs["pooler_output"] = rel_err(ours.pooler_output, ref.pooler_output)
+        assert ours.logits is None and ours.cls_logits is None and ours.distillation_logits is None
+    else:
+        errs["logits"] = rel_err(ours.logits, ref.logits)
+        if cls_name == "LevitForImageClassificationWithTeacher":
+            errs["cls_logits"] = rel_err(ours.cls_logits, ref.cls_logits)
+            errs["distillation_logits"] = rel_err(ours.distillation_logits, ref.distillation_logits)
+        else:
+            assert ours.cls_logits is None and ours.distillation_logits is None
+        # HF's classification outputs carry no last_hidden_state: compare ours with the encoder's final state
+        errs["last_hidden_state"] = rel_err(ours.last_hidden_state, ref.hidden_states[-1])
+        errs["pooler_output"] = rel_err(ours.pooler_output, ref.hidden_states[-1].mean(1))
+        assert_same_top1(ours.logits, ref.logits.numpy(), RTOL[dtype])
+    assert ours.hidden_states is not None and len(ours.hidden_states) == len(ref.hidden_states) == 4
+    for i, (a, b) in enumerate(zip(ours.hidden_states, ref.hidden_states)):
+        errs[f"hidden_states[{i}]"] = rel_err(a, b)
+    bad = {k: v for k, v in errs.items() if not v <= RTOL[dtype]}
+    assert not bad, f"outputs differ from HF beyond {RTOL[dtype]:g} ({dtype}): {bad}"
+    return errs
+
+
+def assert_same_top1(ours: np.ndarray, ref: np.ndarray, rtol: float) -> None:
+    """Top-1 must agree wherever HF's top-1 beats its runner-up by more than the tolerance we allow on logits."""
+    scale = max(1.0, float(np.abs(ref).max()))
+    top2 = np.sort(ref, axis=-1)[:, -2:] if ref.shape[-1] > 1 else np.concatenate([ref, ref - 1], -1)
+    clear = (top2[:, 1] - top2[:, 0]) > 2 * rtol * scale
+    np.testing.assert_array_equal(ours.argmax(-1)[clear], ref.argmax(-1)[clear], err_msg="top-1 differs from HF")
