@@ -77,8 +77,8 @@ def attention_bias_idxs(resolution_in, resolution_out=None, stride=1):
 
 
 def attention(x, queries_keys_values, projection, attention_biases, attention_bias_idxs, *,
-              num_attention_heads, key_dim, attention_ratio):
-    # LevitAttention, the residual branch (the caller adds x). Returns (out, attention probabilities).
+              num_attention_heads, key_dim, attention_ratio, output_attentions=False):
+    # LevitAttention, the residual branch (the caller adds x). Returns (out, probs if output_attentions else None).
     B, N, C = x.shape
     H, kd, vd = num_attention_heads, key_dim, attention_ratio * key_dim
     qkv = linear_bn(x, **queries_keys_values)  # (B, N, C) -> (B, N, H*(2kd+vd))
@@ -88,13 +88,13 @@ def attention(x, queries_keys_values, projection, attention_biases, attention_bi
     scores = scores + attention_biases[:, attention_bias_idxs]  # + (H, N, N) learned bias by offset
     probs = softmax(scores)  # over keys
     out = (probs @ v).transpose(0, 2, 1, 3).reshape(B, N, H * vd)  # (B, H, N, vd) -> (B, N, H*vd), head-major
-    return linear_bn(hardswish(out), **projection), probs  # (B, N, H*vd) -> (B, N, C)
+    return linear_bn(hardswish(out), **projection), probs if output_attentions else None  # -> (B, N, C)
 
 
 def attention_subsample(x, keys_values, queries, projection, attention_biases, attention_bias_idxs, *,
-                        num_attention_heads, key_dim, attention_ratio, stride, resolution):
+                        num_attention_heads, key_dim, attention_ratio, stride, resolution, output_attentions=False):
     # LevitAttentionSubsample (no residual): queries from every stride-th cell, keys/values from all cells.
-    # (B, R*R, C) -> (B, R'*R', C'), R' = (R - 1) // stride + 1. Returns (out, attention probabilities).
+    # (B, R*R, C) -> (B, R'*R', C'), R' = (R - 1) // stride + 1. Returns (out, probs if output_attentions else None).
     B, N, C = x.shape
     H, kd, vd = num_attention_heads, key_dim, attention_ratio * key_dim
     kv = linear_bn(x, **keys_values)  # (B, N, C) -> (B, N, H*(kd+vd))
@@ -108,7 +108,7 @@ def attention_subsample(x, keys_values, queries, projection, attention_biases, a
     scores = scores + attention_biases[:, attention_bias_idxs]  # + (H, Nq, N)
     probs = softmax(scores)
     out = (probs @ v).transpose(0, 2, 1, 3).reshape(B, Nq, H * vd)  # (B, H, Nq, vd) -> (B, Nq, H*vd)
-    return linear_bn(hardswish(out), **projection), probs  # (B, Nq, H*vd) -> (B, Nq, C')
+    return linear_bn(hardswish(out), **projection), probs if output_attentions else None  # -> (B, Nq, C')
 
 
 def mlp(x, linear_up, linear_down):

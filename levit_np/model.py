@@ -42,13 +42,13 @@ def levit_forward(pixel_values, params, config, ops, architecture, output_hidden
     for stage, layers in zip(params["encoder"]["stages"], layer_plan(config)):
         for p, layer in zip(stage["layers"], layers):
             if layer.kind == "attention":  # x + Attention(x): (B, N, C) -> (B, N, C)
-                out, probs = ops.attention(x, **p["module"], **layer.hyper())
+                out, probs = ops.attention(x, **p["module"], **layer.hyper(), output_attentions=output_attentions)
                 x = x + out
                 attentions.append(probs)
             elif layer.kind == "mlp":  # x + MLP(x): (B, N, C) -> (B, N, C)
                 x = x + ops.mlp(x, **p["module"])
             else:  # downsampling attention, no residual: (B, R*R, C) -> (B, R'*R', C')
-                x, probs = ops.attention_subsample(x, **p, **layer.hyper())
+                x, probs = ops.attention_subsample(x, **p, **layer.hyper(), output_attentions=output_attentions)
                 attentions.append(probs)
         hidden_states.append(x)
     pooled = x.mean(axis=1)  # (B, N, C) -> (B, C): global average pooling, no final norm
