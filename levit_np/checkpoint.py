@@ -36,7 +36,9 @@ def load_checkpoint(path: str | Path, dtype=np.float32) -> tuple[LevitConfig, st
     architecture = config.architecture or _infer_architecture(tensors)
     flat = _check_against_config(tensors, config, architecture, path / WEIGHTS_NAME)
     params = _nest({k: _to_numpy(t, dtype) for k, t in flat.items()})
-    for stage, layers in zip(params["encoder"]["stages"], layer_plan(config)):
+    stages = params["encoder"]["stages"]
+    stages += [{"layers": []} for _ in range(NUM_STAGES - len(stages))]  # a last stage of depth 0 has no weights
+    for stage, layers in zip(stages, layer_plan(config)):
         for p, layer in zip(stage["layers"], layers):  # our own bias index tables, built once at load
             if layer.kind != "mlp":
                 p = p["module"] if layer.kind == "attention" else p

@@ -3,6 +3,7 @@
 import os
 
 import pytest
+import transformers
 from hypothesis import HealthCheck, settings
 
 from helpers import build_hf, save_hf
@@ -11,6 +12,7 @@ from helpers import build_hf, save_hf
 settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True,
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+transformers.utils.logging.disable_progress_bar()  # save_pretrained's "Writing model shards" bar, per checkpoint
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,154 @@
+"""Bad input gives a clear ValueError/OSError, raised early, whose message names the file, key, field or shape."""
+
+import json
+import re
+import shutil
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file, save_file
+
+import levit_np
+
+SMALL = dict(hidden_sizes=[32, 48, 64], num_attention_heads=[2, 3, 4], depths=[1, 1, 1], key_dim=[8, 8, 8],
+             image_size=64)
+KEY = "levit.encoder.stages.0.layers.0.module.queries_keys_values.linear.weight"
+
+
+@pytest.fixture
+def ckpt(checkpoint, tmp_path):
+    """A private, writable copy of a small valid checkpoint."""
+    _, path = checkpoint("LevitForImageClassificationWithTeacher", num_labels=10, **SMALL)
+    shutil.copytree(path, tmp_path / "ckpt")
+    return tmp_path / "ckpt"
+
+
+def edit_weights(path, edit):
+    f = path / "model.safetensors"
+    t = load_file(f)
+    edit(t)
+    save_file(t, f)
+
+
+def edit_config(path, edit):
+    cfg = json.loads((path / "config.json").read_text())
+    edit(cfg)
+    (path / "config.json").write_text(json.dumps(cfg))
+
+
+def raises(exc, *fragments):
+    """pytest.raises whose message must contain every fragment (regex-escaped)."""
+    return pytest.raises(exc, match="(?s)" + "".join(f"(?=.*{re.escape(str(f))})" for f in fragments))
+
+
+# --- files --------------------------------------------------------------------------------------------------------
+
+def test_missing_directory(tmp_path):
+    with raises(FileNotFoundError, tmp_path / "nope"):
+        levit_np.from_pretrained(tmp_path / "nope")
+
+
+def test_missing_config(ckpt):
+    (ckpt / "config.json").unlink()
+    with raises(FileNotFoundError, "config.json"):
+        levit_np.from_pretrained(ckpt)
+
+
+def test_missing_weights(ckpt):
+    (ckpt / "model.safetensors").unlink()
+    with raises(FileNotFoundError, "model.safetensors"):
+        levit_np.from_pretrained(ckpt)
+
+
+def test_pytorch_bin_only_says_to_convert(ckpt):
+    (ckpt / "model.safetensors").rename(ckpt / "pytorch_model.bin")
+    with raises(FileNotFoundError, "model.safetensors", "pytorch_model.bin", "safetensors"):
+        levit_np.from_pretrained(ckpt)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty"])
+def test_corrupt_safetensors_names_the_file(ckpt, damage):
+    f = ckpt / "model.safetensors"
+    data = f.read_bytes()
+    f.write_bytes({"truncated": data[: len(data) // 2], "garbage": b"\x00not safetensors" * 64, "empty": b""}[damage])
+    with raises(OSError, f, "safetensors"):
+        levit_np.from_pretrained(ckpt)
+
+
+def test_malformed_config_json(ckpt):
+    (ckpt / "config.json").write_text('{"hidden_sizes": [32, 48, ')
+    with raises(ValueError, "config.json", "JSON"):
+        levit_np.from_pretrained(ckpt)
+
+
+@pytest.mark.parametrize("field,value,fragment", [
+    ("hidden_sizes", "wide", "hidden_sizes"),
+    ("depths", [1, 1], "depths"),
+    ("key_dim", [8, 0, 8], "key_dim"),
+    ("num_attention_heads", [2, 3.5, 4], "num_attention_heads"),
+    ("image_size", 72, "multiple of 16"),
+    ("model_type", "vit", "model_type"),
+    ("id2label", {"a": "cat"}, "id2label"),
+    ("down_ops", [["Pool", 8, 4, 4, 2, 2]], "down_ops"),
+])
+def test_invalid_config_field_is_named(ckpt, field, value, fragment):
+    edit_config(ckpt, lambda c: c.__setitem__(field, value))
+    with raises(ValueError, "config.json", fragment):
+        levit_np.from_pretrained(ckpt)
+
+
+# --- tensors vs config --------------------------------------------------------------------------------------------
+
+def test_missing_tensor_is_named(ckpt):
+    edit_weights(ckpt, lambda t: t.pop(KEY))
+    with raises(ValueError, KEY.removeprefix("levit."), "missing"):
+        levit_np.from_pretrained(ckpt)
+
+
+def test_wrong_shape_names_key_expected_and_found(ckpt):
+    edit_weights(ckpt, lambda t: t.__setitem__(KEY, np.zeros((5, 32), np.float32)))
+    with raises(ValueError, KEY.removeprefix("levit."), "(5, 32)", "(64, 32)"):  # 2 heads * (8+8+16) = 64
+        levit_np.from_pretrained(ckpt)
+
+
+def test_integer_tensor_is_refused(ckpt):
+    edit_weights(ckpt, lambda t: t.__setitem__(KEY, t[KEY].astype(np.int32)))
+    with raises(ValueError, KEY.removeprefix("levit."), "I32"):
+        levit_np.from_pretrained(ckpt)
+
+
+@pytest.mark.parametrize("field,value,fragment", [
+    ("hidden_sizes", [40, 48, 64], "hidden_sizes=[40, 48, 64]"),  # a shape error by key, naming the config
+    ("num_attention_heads", [4, 3, 4], "num_attention_heads"),
+    ("depths", [2, 1, 1], "missing tensor"),  # more layers than the file has
+    ("depths", [1, 1, 0], "unexpected tensor"),  # fewer layers than the file has
+    ("id2label", {str(i): f"c{i}" for i in range(7)}, "num_labels=7"),
+])
+def test_config_that_disagrees_with_tensors(ckpt, field, value, fragment):
+    edit_config(ckpt, lambda c: c.__setitem__(field, value))
+    with raises(ValueError, "model.safetensors", fragment):
+        levit_np.from_pretrained(ckpt)
+
+
+def test_unknown_backend_and_dtype(ckpt):
+    with raises(ValueError, "backend", "tpu"):
+        levit_np.from_pretrained(ckpt, backend="tpu")
+    with raises(ValueError, "dtype", "float16"):
+        levit_np.from_pretrained(ckpt, dtype="float16")
+
+
+# --- pixel_values -------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("shape", [(3, 64, 64), (1, 1, 3, 64, 64), (2, 1, 64, 64), (2, 4, 64, 64), (1, 3, 224, 224),
+                                   (1, 3, 64, 48), (0, 3, 64, 64), (1, 64, 64, 3)])
+def test_wrong_pixel_values_shape_says_what_is_expected(ckpt, shape):
+    model = levit_np.from_pretrained(ckpt)
+    with raises(ValueError, "(B, 3, 64, 64)", str(shape)):
+        model(np.zeros(shape, np.float32))
+
+
+@pytest.mark.parametrize("bad", [np.zeros((1, 3, 64, 64), np.uint8), [[[[0.0]]]], np.zeros((1, 3, 64, 64), object)])
+def test_pixel_values_must_be_a_float_array(ckpt, bad):
+    model = levit_np.from_pretrained(ckpt)
+    with raises(ValueError, "pixel_values", "preprocess"):
+        model(bad)
