@@ -13,8 +13,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-import levit_np  # noqa: E402
-from helpers import ALL_BACKENDS, HF_VARIANTS, build_hf, compare_outputs, hf_forward, random_pixels, save_hf  # noqa: E402
+import levit_np
+from helpers import ALL_BACKENDS, HF_VARIANTS, build_hf, compare_outputs, hf_forward, random_pixels, save_hf
 
 CLS = "LevitForImageClassificationWithTeacher"
 

@@ -38,8 +38,8 @@ def load_checkpoint(path: str | Path, dtype=np.float32) -> tuple[LevitConfig, st
     params = _nest({k: _to_numpy(t, dtype) for k, t in flat.items()})
     stages = params["encoder"]["stages"]
     stages += [{"layers": []} for _ in range(NUM_STAGES - len(stages))]  # a last stage of depth 0 has no weights
-    for stage, layers in zip(stages, layer_plan(config)):
-        for p, layer in zip(stage["layers"], layers):  # our own bias index tables, built once at load
+    for stage, layers in zip(stages, layer_plan(config), strict=True):
+        for p, layer in zip(stage["layers"], layers, strict=True):  # our own bias index tables, built once at load
             if layer.kind != "mlp":
                 p = p["module"] if layer.kind == "attention" else p
                 p["attention_bias_idxs"] = attention_bias_idxs(layer.resolution, layer.resolution_out, layer.stride)

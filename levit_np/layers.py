@@ -33,7 +33,7 @@ def batchnorm(x, weight, bias, running_mean, running_var, axis=-1):
 
 def conv2d(x, weight, stride=2, padding=1):
     # im2col convolution, no bias: (B, Cin, H, W) -> (B, Cout, H', W'), H' = (H + 2p - k) // s + 1
-    B, Cin, H, W = x.shape
+    B, Cin = x.shape[:2]
     Cout, _, k, _ = weight.shape
     x = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))  # (B, Cin, H+2p, W+2p)
     patches = np.lib.stride_tricks.sliding_window_view(x, (k, k), axis=(2, 3))  # (B, Cin, H+2p-k+1, ., k, k)
@@ -79,7 +79,7 @@ def attention_bias_idxs(resolution_in, resolution_out=None, stride=1):
 def attention(x, queries_keys_values, projection, attention_biases, attention_bias_idxs, *,
               num_attention_heads, key_dim, attention_ratio, output_attentions=False):
     # LevitAttention, the residual branch (the caller adds x). Returns (out, probs if output_attentions else None).
-    B, N, C = x.shape
+    B, N = x.shape[:2]
     H, kd, vd = num_attention_heads, key_dim, attention_ratio * key_dim
     qkv = linear_bn(x, **queries_keys_values)  # (B, N, C) -> (B, N, H*(2kd+vd))
     qkv = qkv.reshape(B, N, H, 2 * kd + vd).transpose(0, 2, 1, 3)  # (B, H, N, 2kd+vd): per head [q | k | v]

@@ -127,7 +127,7 @@ def compare_outputs(ours: levit_np.LevitOutput, ref, cls_name: str, dtype: str =
         errs["pooler_output"] = rel_err(ours.pooler_output, ref.hidden_states[-1].mean(1))
         assert_same_top1(ours.logits, ref.logits.numpy(), RTOL[dtype])
     assert ours.hidden_states is not None and len(ours.hidden_states) == len(ref.hidden_states) == 4
-    for i, (a, b) in enumerate(zip(ours.hidden_states, ref.hidden_states)):
+    for i, (a, b) in enumerate(zip(ours.hidden_states, ref.hidden_states, strict=True)):
         errs[f"hidden_states[{i}]"] = rel_err(a, b)
     bad = {k: v for k, v in errs.items() if not v <= RTOL[dtype]}
     assert not bad, f"outputs differ from HF beyond {RTOL[dtype]:g} ({dtype}): {bad}"

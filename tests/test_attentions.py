@@ -52,7 +52,7 @@ def test_attentions_match_hf_softmax(checkpoint, backend, variant, image_size, d
     ref = hf_attention_probs(copy.deepcopy(hf).to(torch.float64) if dtype == "float64" else hf, x)
     depths = HF_VARIANTS[variant]["depths"]
     assert len(out.attentions) == len(ref) == sum(depths) + 2  # every residual attention + the two subsamples
-    for i, (ours, theirs) in enumerate(zip(out.attentions, ref)):
+    for i, (ours, theirs) in enumerate(zip(out.attentions, ref, strict=True)):
         assert ours.shape == theirs.shape, i
         assert rel_err(ours, theirs) <= RTOL[dtype], f"attention block {i}"
     assert out.attentions[0].shape == (2, HF_VARIANTS[variant]["num_attention_heads"][0],

@@ -11,7 +11,7 @@ import torch
 from safetensors.numpy import load_file, save_file
 
 import levit_np
-from helpers import HF_VARIANTS, build_hf, compare_outputs, hf_forward, randomize_, random_pixels, save_hf
+from helpers import HF_VARIANTS, build_hf, compare_outputs, hf_forward, random_pixels, randomize_, save_hf
 from levit_np.config import VARIANTS
 
 SMALL = dict(hidden_sizes=[32, 48, 64], num_attention_heads=[2, 3, 4], depths=[1, 1, 1], key_dim=[8, 8, 8],
@@ -64,7 +64,7 @@ def test_classification_checkpoint_without_levit_prefix_loads(checkpoint, tmp_pa
 
 
 def test_architecture_is_inferred_from_keys_without_config_architectures(checkpoint, tmp_path):
-    hf, path = checkpoint("LevitForImageClassificationWithTeacher", **SMALL)
+    _, path = checkpoint("LevitForImageClassificationWithTeacher", **SMALL)
     shutil.copytree(path, tmp_path, dirs_exist_ok=True)
     cfg = json.loads((tmp_path / "config.json").read_text())
     del cfg["architectures"]

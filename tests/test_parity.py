@@ -55,7 +55,7 @@ def levit_configs(draw):
     """Small random LeViT configs HF accepts: 3 stages, 64-160 px, every ratio and depth including 0 MLPs."""
     key_dim = draw(st.lists(st.integers(2, 12), min_size=3, max_size=3))
     # the subsamples use key_dim[0] and hidden_sizes[s] // key_dim[0] heads: keep that >= 1
-    hidden = [draw(st.integers(1, 4)) * 8] + draw(st.lists(st.integers(key_dim[0], 48), min_size=2, max_size=2))
+    hidden = [draw(st.integers(1, 4)) * 8, *draw(st.lists(st.integers(key_dim[0], 48), min_size=2, max_size=2))]
     hidden[0] = max(hidden[0], key_dim[0])
     return dict(
         hidden_sizes=hidden,
