@@ -111,3 +111,9 @@ def test_float64_runs_in_float64_end_to_end(checkpoint):
     out = model(random_pixels(1, 64), output_hidden_states=True)  # float32 input is cast up
     assert model.dtype == np.float64
     assert {a.dtype for a in (out.logits, out.cls_logits, out.pooler_output, *out.hidden_states)} == {np.dtype("f8")}
+
+
+def test_num_parameters_counts_what_torch_counts(checkpoint):
+    for cls_name in ("LevitModel", "LevitForImageClassificationWithTeacher"):
+        hf, path = checkpoint(cls_name, **HF_VARIANTS["128S"])
+        assert levit_np.from_pretrained(path).num_parameters == sum(p.numel() for p in hf.parameters())

@@ -1,0 +1,113 @@
+"""predict(images): pictures in, ImageNet labels out.
+
+    levit_np.predict("cat.jpg")                                   # [("tabby, tabby cat", 0.61), ...]: top 5
+    levit_np.predict(["a.jpg", "b.png"], model="facebook/levit-256", top_k=3)   # one list per image
+
+Images are preprocessed exactly as HF's LevitImageProcessor does (`preprocess.py`), run through the model in
+batches of `batch_size` (so memory stays bounded however many images there are), and each image's top_k labels
+come with their softmax probabilities. Loaded models are cached: repeated calls with the same model do not reload.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Iterator
+
+import numpy as np
+
+from .hub import DEFAULT_MODEL
+from .model import Levit, from_pretrained
+from .preprocess import as_image_list, check_image, describe, is_single_image, preprocess_image
+
+DEFAULT_BATCH_SIZE = 32  # 32 x 3 x 224 x 224 float32 = 19 MB of input per batch
+
+
+def predict(images, model: str | os.PathLike | Levit = DEFAULT_MODEL, top_k: int = 5, backend: str | None = None,
+            batch_size: int = DEFAULT_BATCH_SIZE):
+    """Top-k (label, probability) pairs, most probable first, for one image; a list of such lists for a list.
+
+    images: a path, a PIL image or a uint8 (H, W[, C]) array, or a list of them (or a (B, H, W, C) uint8 array).
+    model: a Hub id ("facebook/levit-128S"), a variant ("128S"), a local checkpoint directory, or a loaded `Levit`.
+    backend: None for `from_pretrained`'s default, else a name from `levit_np.model.BACKENDS`.
+    Raises OSError / ValueError naming the image for a missing file, a non-image file, an empty image or a wrong
+    array; `levit_np.hub.WeightsNotFoundError` (with instructions) when the weights cannot be found or fetched.
+    """
+    single = is_single_image(images)
+    items = as_image_list(images)
+    names = [describe(im, None if single else i) for i, im in enumerate(items)]
+    for im, name in zip(items, names):  # cheap checks first: a wrong input fails before any model is loaded
+        check_image(im, name=name)
+    _check_positive_int(top_k, "top_k")
+    _check_positive_int(batch_size, "batch_size")
+    m = load_model(model, backend)
+    results = [preds for _, preds in iter_predictions(items, m, top_k=top_k, batch_size=batch_size, names=names)]
+    return results[0] if single else results
+
+
+def iter_predictions(images: list, model: Levit, *, top_k: int = 5, batch_size: int = DEFAULT_BATCH_SIZE,
+                     names: list[str] | None = None, errors: str = "raise") -> Iterator[tuple[int, list | Exception]]:
+    """Yield (index, top-k predictions) for each image of `images`, in order, `batch_size` images at a time.
+
+    errors="raise": the first image that cannot be read raises. errors="return": it yields (index, the OSError or
+    ValueError) instead and the other images go on (the command line's folder mode).
+    """
+    if errors not in ("raise", "return"):
+        raise ValueError(f"errors must be 'raise' or 'return', found {errors!r}")
+    size = model.config.image_size
+    for start in range(0, len(images), batch_size):
+        results, pixels = {}, {}
+        for i in range(start, min(start + batch_size, len(images))):
+            name = names[i] if names else describe(images[i], i)
+            try:
+                pixels[i] = preprocess_image(images[i], size, name=name)  # (3, S, S)
+            except (OSError, ValueError) as e:
+                if errors == "raise":
+                    raise
+                results[i] = e
+        if pixels:
+            logits = model(np.stack(list(pixels.values()))).logits  # (b, 3, S, S) -> (b, num_labels)
+            for i, row in zip(pixels, logits):
+                results[i] = top_labels(row, model.config.id2label, top_k)
+        for i in sorted(results):
+            yield i, results[i]
+
+
+def top_labels(logits: np.ndarray, id2label: dict[int, str], top_k: int) -> list[tuple[str, float]]:
+    """(num_labels,) logits -> the top_k (label, softmax probability) pairs, most probable first (ties: lower id)."""
+    z = logits.astype(np.float64)
+    p = np.exp(z - z.max())  # stable softmax, in float64
+    p /= p.sum()
+    order = np.argsort(-p, kind="stable")[:top_k]
+    return [(id2label[int(i)], float(p[i])) for i in order]
+
+
+def load_model(model: str | os.PathLike | Levit = DEFAULT_MODEL, backend: str | None = None) -> Levit:
+    """A loaded classification model: `model` itself if it is a Levit, else from_pretrained(model), cached."""
+    if isinstance(model, Levit):
+        if backend is not None and backend != model.backend:
+            raise ValueError(f"backend={backend!r} was given with a model already loaded with backend "
+                             f"{model.backend!r}; load it with from_pretrained(..., backend={backend!r})")
+        m = model
+    elif isinstance(model, (str, os.PathLike)):
+        m = _load_cached(os.fspath(model), backend)
+    else:
+        raise ValueError(f"model must be a Hub id, a checkpoint directory or a loaded levit_np.Levit, "
+                         f"found {type(model).__name__}")
+    if m.architecture == "LevitModel" or m.config.num_labels == 0:
+        raise ValueError(f"model {m.name or model!r} is a bare LevitModel with no classification head: predict "
+                         f"needs a LevitForImageClassification(WithTeacher) checkpoint")
+    return m
+
+
+@functools.lru_cache(maxsize=2)
+def _load_cached(name: str, backend: str | None) -> Levit:
+    return from_pretrained(name) if backend is None else from_pretrained(name, backend=backend)
+
+
+clear_model_cache = _load_cached.cache_clear  # forget the loaded models (e.g. after replacing a checkpoint)
+
+
+def _check_positive_int(value, what: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{what} must be a positive integer, found {value!r}")

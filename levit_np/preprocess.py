@@ -1,0 +1,194 @@
+"""Images -> pixel_values, bit for bit as HF's `LevitImageProcessor` (its PIL backend) computes them.
+
+    pixel_values = preprocess(["cat.jpg", pil_image, uint8_hwc_array])   # (3, 224, 224) each -> (B, 3, 224, 224)
+
+For an image_size S (224 for every released checkpoint) each image goes through, exactly as HF does:
+1. resize with Pillow BICUBIC on uint8 so the short side is int(256 / 224 * S) (256 for S = 224) and the long side
+   int(short * long / short_in) (truncated);
+2. center crop S x S at top = (H - S) // 2, left = (W - S) // 2;
+3. rescale: uint8 -> float64 * (1 / 255) -> float32;
+4. normalize in float32: (x - mean) / std with the ImageNet mean and std; channels first.
+
+Unlike HF, which fails on anything but 3-channel images, every image is first made RGB: grayscale, palette, CMYK and
+the like through Pillow's `convert("RGB")`; images with transparency (RGBA, LA, palette + transparency) are
+composited onto white, as HF's own `convert_to_rgb` does when asked (`do_convert_rgb=True`). Files are opened with
+their EXIF orientation applied, as HF's `load_image` does.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # HF's IMAGENET_DEFAULT_MEAN
+IMAGENET_STD = (0.229, 0.224, 0.225)  # HF's IMAGENET_DEFAULT_STD
+RESCALE_FACTOR = 1 / 255  # HF's default rescale_factor
+DEFAULT_IMAGE_SIZE = 224
+
+
+def preprocess(images, image_size: int = DEFAULT_IMAGE_SIZE) -> np.ndarray:
+    """Turn one image or a list of images into LeViT's input, (B, 3, image_size, image_size) float32.
+
+    An image is a path (str or Path), a PIL image, or a uint8 array (H, W), (H, W, 1), (H, W, 3) or (H, W, 4);
+    a 4-D uint8 array (B, H, W, C) is a batch. `image_size` is the model's `config.image_size`.
+    Raises OSError (missing or unreadable file) or ValueError (bad array, empty image), naming the image.
+    """
+    items = as_image_list(images)
+    if not items:
+        raise ValueError("preprocess: no images given (an empty list)")
+    _check_image_size(image_size)
+    return np.stack([preprocess_image(im, image_size, name=describe(im, i if len(items) > 1 else None))
+                     for i, im in enumerate(items)])  # (B, 3, S, S)
+
+
+def preprocess_image(image, image_size: int = DEFAULT_IMAGE_SIZE, *, name: str | None = None) -> np.ndarray:
+    """One image -> (3, image_size, image_size) float32. `name` is how errors refer to it."""
+    name = name or describe(image)
+    rgb = load_rgb(image, name=name)
+    short = int((256 / 224) * image_size)  # HF LevitImageProcessor: shortest_edge * 256/224, truncated
+    height, width = resize_shape(rgb.height, rgb.width, short)
+    limit = Image.MAX_IMAGE_PIXELS  # Pillow's decompression-bomb limit; None when the user turned it off
+    if limit and height * width > limit:
+        raise ValueError(f"{name}: a {rgb.width}x{rgb.height} image would be resized to {width}x{height} "
+                         f"({height * width} pixels, over Pillow's limit of {limit}); crop it to a less extreme "
+                         f"aspect ratio first")
+    resized = np.asarray(rgb.resize((width, height), Image.Resampling.BICUBIC))  # (H', W', 3) uint8
+    top, left = (height - image_size) // 2, (width - image_size) // 2  # never negative: short >= image_size
+    crop = resized[top:top + image_size, left:left + image_size]  # (S, S, 3) uint8
+    x = (crop.astype(np.float64) * RESCALE_FACTOR).astype(np.float32)  # HF rescales in float64, then casts
+    mean = np.array(IMAGENET_MEAN, dtype=np.float32)
+    std = np.array(IMAGENET_STD, dtype=np.float32)
+    x = (x - mean) / std  # float32 throughout, per channel
+    return np.ascontiguousarray(x.transpose(2, 0, 1))  # (S, S, 3) -> (3, S, S)
+
+
+def resize_shape(height: int, width: int, short: int) -> tuple[int, int]:
+    """(height, width) with the short side `short` and the long side scaled and truncated, as HF's
+    get_resize_output_image_size(default_to_square=False) computes it: 640x480 -> (256, 341) for short=256."""
+    if width <= height:
+        return int(short * height / width), short
+    return short, int(short * width / height)
+
+
+def load_rgb(image, *, name: str | None = None) -> Image.Image:
+    """A path, PIL image or uint8 array -> an RGB PIL image (loaded, file closed). See the module docstring."""
+    name = name or describe(image)
+    if isinstance(image, (str, os.PathLike)):
+        img = _open(Path(image), name)
+    elif isinstance(image, Image.Image):
+        img = image
+    elif isinstance(image, np.ndarray):
+        img = _from_array(image, name)
+    else:
+        raise ValueError(f"{name}: expected a path, a PIL image or a uint8 array, found {type(image).__name__}")
+    if img.width < 1 or img.height < 1:
+        raise ValueError(f"{name}: the image is empty ({img.width}x{img.height} pixels)")
+    try:
+        return to_rgb(img)
+    except (ValueError, OSError) as e:  # e.g. an exotic mode Pillow cannot convert, or a truncated file
+        raise type(e)(f"{name}: cannot convert a {img.mode} image to RGB ({e})") from None
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """RGB as is; transparency composited onto white (as HF's convert_to_rgb); any other mode via convert."""
+    if img.mode == "RGB":
+        return img
+    if "A" in img.getbands() or "transparency" in img.info:
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def as_image_list(images) -> list:
+    """One image -> [image]; a list/tuple/iterable or a 4-D array -> a list of images."""
+    if is_single_image(images):
+        return [images]
+    if isinstance(images, np.ndarray):  # (B, H, W, C)
+        return list(images)
+    try:
+        return list(images)
+    except TypeError:
+        raise ValueError(f"expected an image or a list of images, found {type(images).__name__}") from None
+
+
+def is_single_image(images) -> bool:
+    """True for one path / PIL image / array of at most 3 dimensions; False for lists and 4-D arrays."""
+    if isinstance(images, np.ndarray):
+        return images.ndim != 4
+    return isinstance(images, (str, os.PathLike, Image.Image))
+
+
+def describe(image, index: int | None = None) -> str:
+    """How error messages name an image: its path, or its type and shape, with its position in a list."""
+    if isinstance(image, (str, os.PathLike)):
+        what = str(image)
+    elif isinstance(image, Image.Image):
+        what = f"PIL image ({image.mode}, {image.width}x{image.height})"
+    elif isinstance(image, np.ndarray):
+        what = f"array of shape {image.shape} and dtype {image.dtype}"
+    else:
+        what = type(image).__name__
+    return what if index is None else f"image {index} ({what})"
+
+
+def check_image(image, *, name: str | None = None) -> None:
+    """Cheap checks before any decoding: the file exists, the array has the right dtype and shape."""
+    name = name or describe(image)
+    if isinstance(image, (str, os.PathLike)):
+        _check_path(Path(image), name)
+    elif isinstance(image, np.ndarray):
+        _check_array(image, name)
+    elif not isinstance(image, Image.Image):
+        raise ValueError(f"{name}: expected a path, a PIL image or a uint8 array, found {type(image).__name__}")
+
+
+def _check_path(path: Path, name: str) -> None:
+    if not path.exists():
+        hint = " (URLs are not supported: download the image first)" if str(path).startswith(("http:", "https:")) \
+            else ""
+        raise FileNotFoundError(f"image file not found: {name}{hint}")
+    if path.is_dir():
+        raise IsADirectoryError(f"{name} is a directory, not an image file (pass its files, or use the "
+                                f"`levit-np predict DIR` command line, which reads a folder)")
+
+
+def _open(path: Path, name: str) -> Image.Image:
+    _check_path(path, name)
+    try:
+        with Image.open(path) as img:
+            img = ImageOps.exif_transpose(img)  # HF's load_image applies the EXIF orientation too
+            img.load()  # decode now, while the file is open: truncated files fail here, naming the file
+            return img
+    except UnidentifiedImageError:
+        raise OSError(f"{name}: not an image file Pillow can read") from None
+    except Image.DecompressionBombError as e:
+        raise ValueError(f"{name}: {e}") from None
+    except OSError as e:
+        raise OSError(f"{name}: cannot read the image ({e})") from None
+
+
+def _check_array(a: np.ndarray, name: str) -> None:
+    if a.dtype != np.uint8:
+        raise ValueError(f"{name}: image arrays must be uint8 (0..255), found dtype {a.dtype}; for floats in [0, 1] "
+                         f"pass (x * 255).round().astype(np.uint8)")
+    if not (a.ndim == 2 or (a.ndim == 3 and a.shape[2] in (1, 3, 4))):
+        raise ValueError(f"{name}: image arrays must be (H, W) or channels-last (H, W, C) with C in 1, 3, 4, "
+                         f"found shape {a.shape}")
+    if a.size == 0:
+        raise ValueError(f"{name}: the image is empty (shape {a.shape})")
+
+
+def _from_array(a: np.ndarray, name: str) -> Image.Image:
+    _check_array(a, name)
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[:, :, 0]
+    return Image.fromarray(np.ascontiguousarray(a))  # mode L, RGB or RGBA from the shape
+
+
+def _check_image_size(image_size) -> None:
+    if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)) or image_size < 1:
+        raise ValueError(f"image_size must be a positive integer, found {image_size!r}")
