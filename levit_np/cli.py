@@ -20,8 +20,8 @@ from . import __version__
 from .config import VARIANTS
 from .hub import DEFAULT_MODEL, RELEASED, fetch, resolve
 from .model import from_pretrained
-from .predict import DEFAULT_BATCH_SIZE, iter_predictions, load_model
-from .preprocess import check_image
+from .prediction import DEFAULT_BATCH_SIZE, iter_predictions, load_model
+from .preprocessing import check_image
 
 PROG = "levit-np"
 

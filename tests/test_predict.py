@@ -2,7 +2,6 @@
 batching, model caching, and every kind of bad input.
 """
 
-import importlib
 
 import numpy as np
 import pytest
@@ -13,7 +12,7 @@ from transformers import LevitImageProcessorPil
 import levit_np
 from helpers import RTOL
 
-predict_module = importlib.import_module("levit_np.predict")  # `levit_np.predict` is the function
+from levit_np import prediction as predict_module
 
 # A small model (64 px, 10 labels) so that each test runs in milliseconds; predict must follow its image_size.
 SMALL = dict(hidden_sizes=[32, 48, 64], num_attention_heads=[2, 3, 4], depths=[1, 1, 1], key_dim=[8, 8, 8],

@@ -3,7 +3,7 @@
     levit_np.predict("cat.jpg")                                   # [("tabby, tabby cat", 0.61), ...]: top 5
     levit_np.predict(["a.jpg", "b.png"], model="facebook/levit-256", top_k=3)   # one list per image
 
-Images are preprocessed exactly as HF's LevitImageProcessor does (`preprocess.py`), run through the model in
+Images are preprocessed exactly as HF's LevitImageProcessor does (`preprocessing.py`), run through the model in
 batches of `batch_size` (so memory stays bounded however many images there are), and each image's top_k labels
 come with their softmax probabilities. Loaded models are cached: repeated calls with the same model do not reload.
 """
@@ -18,7 +18,7 @@ import numpy as np
 
 from .hub import DEFAULT_MODEL
 from .model import Levit, from_pretrained
-from .preprocess import as_image_list, check_image, describe, is_single_image, preprocess_image
+from .preprocessing import as_image_list, check_image, describe, is_single_image, preprocess_image
 
 DEFAULT_BATCH_SIZE = 32  # 32 x 3 x 224 x 224 float32 = 19 MB of input per batch
 
