@@ -1,8 +1,10 @@
 """The LeViT forward pass, top to bottom as in the paper, over a pluggable set of layer functions (a backend).
 
-`backend="numpy"` runs `layers.py`, the readable reference. A backend is a module with the same layer functions
-(`patch_embeddings`, `attention`, `attention_subsample`, `mlp`, `classification_layer`) and optionally
-`prepare(params, config)`, which turns the checkpoint's weights into the form its functions take, once, at load.
+`backend="numpy"` runs `layers.py`, the readable reference; `backend="numba"` (the default) runs `kernels.py`, the
+same functions as parallel Numba kernels with BatchNorm folded into the weights. A backend is a module with the same
+layer functions (`patch_embeddings`, `attention`, `attention_subsample`, `mlp`, `classification_layer`), optionally
+`prepare(params, config)`, which turns the checkpoint's weights into the form its functions take, once, at load, and
+optionally `add(x, branch)` for the residual connections.
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ import numpy as np
 
 from .checkpoint import load_checkpoint
 from .config import LevitConfig, layer_plan
+from .hub import resolve
 
-BACKENDS = {"numpy": "levit_np.layers"}
+BACKENDS = {"numpy": "levit_np.layers", "numba": "levit_np.kernels"}
 DTYPES = {"float32": np.float32, "float64": np.float64}
 
 
@@ -39,14 +42,15 @@ def levit_forward(pixel_values, params, config, ops, architecture, output_hidden
     x = ops.patch_embeddings(pixel_values, **params["patch_embeddings"], stride=config.stride,
                              padding=config.padding)  # (B, 3, S, S) -> (B, N, C0), N = (S/16)^2
     hidden_states, attentions = [x], []
-    for stage, layers in zip(params["encoder"]["stages"], layer_plan(config)):
-        for p, layer in zip(stage["layers"], layers):
+    add = getattr(ops, "add", np.add)  # the residual x + branch (a backend may do it in place in the branch)
+    for stage, layers in zip(params["encoder"]["stages"], layer_plan(config), strict=True):
+        for p, layer in zip(stage["layers"], layers, strict=True):
             if layer.kind == "attention":  # x + Attention(x): (B, N, C) -> (B, N, C)
                 out, probs = ops.attention(x, **p["module"], **layer.hyper(), output_attentions=output_attentions)
-                x = x + out
+                x = add(x, out)
                 attentions.append(probs)
             elif layer.kind == "mlp":  # x + MLP(x): (B, N, C) -> (B, N, C)
-                x = x + ops.mlp(x, **p["module"])
+                x = add(x, ops.mlp(x, **p["module"]))
             else:  # downsampling attention, no residual: (B, R*R, C) -> (B, R'*R', C')
                 x, probs = ops.attention_subsample(x, **p, **layer.hyper(), output_attentions=output_attentions)
                 attentions.append(probs)
@@ -70,7 +74,7 @@ def levit_forward(pixel_values, params, config, ops, architecture, output_hidden
 class Levit:
     """A loaded LeViT: call it on pixel_values (B, C, S, S) to get a LevitOutput. Build with `from_pretrained`."""
 
-    def __init__(self, config: LevitConfig, architecture: str, params: dict, *, backend: str = "numpy",
+    def __init__(self, config: LevitConfig, architecture: str, params: dict, *, backend: str = "numba",
                  dtype=np.float32, name: str | None = None):
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; choose one of {sorted(BACKENDS)}")
@@ -79,7 +83,7 @@ class Levit:
         self.backend = backend
         self.dtype = np.dtype(dtype)
         self.name = name
-        self.num_parameters = sum(a.size for a in _leaves(params) if a.dtype.kind == "f")
+        self.num_parameters = _count_parameters(params)
         self._ops = importlib.import_module(BACKENDS[backend])
         prepare = getattr(self._ops, "prepare", None)
         self._params = prepare(params, config) if prepare else params
@@ -112,13 +116,16 @@ class Levit:
         return np.ascontiguousarray(pixel_values, dtype=self.dtype)
 
 
-def from_pretrained(path: str | Path, *, backend: str = "numpy", dtype: str = "float32") -> Levit:
+def from_pretrained(path: str | Path, *, backend: str = "numba", dtype: str = "float32") -> Levit:
     """Load a LeViT checkpoint directory written by HF `save_pretrained` (config.json + model.safetensors).
+
+    `path` may also be a Hub id ("facebook/levit-128S") or a released variant ("128S"): see `levit_np.hub.resolve`
+    (weights/<name>/, then the Hugging Face cache, downloading when online).
 
     Works for LevitModel, LevitForImageClassification and LevitForImageClassificationWithTeacher checkpoints, with
     or without the `levit.` key prefix, in float16/bfloat16/float32/float64 (upcast to `dtype`).
 
-    backend: "numpy" (the readable reference).
+    backend: "numba" (the fast path, default) or "numpy" (the readable reference); same outputs to float32 rounding.
     dtype: "float32" or "float64"; the whole forward pass runs in this precision.
     Raises FileNotFoundError/OSError for missing or unreadable files, ValueError for a bad or mismatched checkpoint.
     """
@@ -128,15 +135,13 @@ def from_pretrained(path: str | Path, *, backend: str = "numpy", dtype: str = "f
         dtype = DTYPES[np.dtype(dtype).name]
     except (TypeError, KeyError):
         raise ValueError(f"unsupported dtype {dtype!r}; choose 'float32' or 'float64'") from None
-    config, architecture, params = load_checkpoint(path, dtype)
+    config, architecture, params = load_checkpoint(resolve(path), dtype)
     return Levit(config, architecture, params, backend=backend, dtype=dtype, name=str(path))
 
 
-def _leaves(tree):
-    if isinstance(tree, dict):
-        tree = list(tree.values())
+def _count_parameters(tree) -> int:
+    """Learnable parameters, as torch counts them: BatchNorm running statistics and index tables are buffers."""
     if isinstance(tree, list):
-        for t in tree:
-            yield from _leaves(t)
-    else:
-        yield tree
+        return sum(_count_parameters(t) for t in tree)
+    return sum(_count_parameters(v) if isinstance(v, (dict, list)) else v.size for k, v in tree.items()
+               if k not in ("running_mean", "running_var", "attention_bias_idxs"))

@@ -1,0 +1,315 @@
+"""The numba backend (levit_np/kernels.py) against its NumPy twins (levit_np/layers.py), kernel by kernel.
+
+Random weights and BatchNorm statistics, so that BatchNorm folding is really exercised. The shapes are small enough
+that this file also runs as plain Python under NUMBA_DISABLE_JIT=1, which CI does too, to cover the kernel bodies
+line by line. Odd token grids (10 -> 5 -> 3 and 7 -> 4) exercise the edges of the strided queries.
+"""
+
+import json
+import subprocess
+import sys
+
+import numba
+import numpy as np
+import pytest
+import safetensors.numpy
+
+import levit_np
+from levit_np import kernels, layers
+from levit_np.checkpoint import expected_shapes
+from levit_np.config import LevitConfig, Subsample
+
+JIT = not numba.config.DISABLE_JIT
+DTYPES = [np.float32, np.float64]
+# Worst relative error, max|ours - ref| / max(1, max|ref|), of a kernel against its NumPy twin: float32 differs by
+# rounding only (BatchNorm folded into the weights, a polynomial exp, another summation order); float64 proves that
+# the arithmetic is the same.
+RTOL = {np.float32: 1e-5, np.float64: 1e-12}
+
+
+def assert_close(ours, ref, dtype):
+    assert ours.shape == ref.shape and ours.dtype == ref.dtype == dtype
+    err = np.abs(ours.astype(np.float64) - ref).max() / max(1.0, np.abs(ref).max())
+    assert err <= RTOL[dtype], f"relative error {err:.3g} > {RTOL[dtype]:g}"
+
+
+class Rand:
+    """Random tensors and layer weights, scaled so activations stay O(1); everything in `dtype`."""
+
+    def __init__(self, dtype, seed=0):
+        self.rng, self.dtype = np.random.default_rng(seed), dtype
+
+    def __call__(self, *shape, std=1.0):
+        return (self.rng.standard_normal(shape) * std).astype(self.dtype)
+
+    def uniform(self, lo, hi, *shape):
+        return self.rng.uniform(lo, hi, shape).astype(self.dtype)
+
+    def batch_norm(self, c):
+        return {"weight": self.uniform(0.5, 1.5, c), "bias": self(c, std=0.2), "running_mean": self(c, std=0.2),
+                "running_var": self.uniform(0.5, 2.0, c)}
+
+    def linear_bn(self, cin, cout):
+        return {"linear": {"weight": self(cout, cin, std=cin ** -0.5)}, "batch_norm": self.batch_norm(cout)}
+
+    def conv_bn(self, cin, cout, k=3):
+        return {"convolution": {"weight": self(cout, cin, k, k, std=(cin * k * k) ** -0.5)},
+                "batch_norm": self.batch_norm(cout)}
+
+    def attention(self, C, H, kd, ar, R):
+        return {"queries_keys_values": self.linear_bn(C, H * (2 * kd + ar * kd)),
+                "projection": self.linear_bn(H * ar * kd, C), "attention_biases": self(H, R * R),
+                "attention_bias_idxs": layers.attention_bias_idxs(R)}
+
+    def attention_subsample(self, C, C2, H, kd, ar, R, stride):
+        Rq = (R - 1) // stride + 1
+        return {"keys_values": self.linear_bn(C, H * (kd + ar * kd)), "queries": self.linear_bn(C, H * kd),
+                "projection": self.linear_bn(H * ar * kd, C2), "attention_biases": self(H, R * R),
+                "attention_bias_idxs": layers.attention_bias_idxs(R, Rq, stride)}
+
+
+# --- load time ----------------------------------------------------------------------------------------------------
+
+def test_fold_batchnorm_conv_equals_conv_then_batchnorm():
+    r = Rand(np.float64)
+    p, x = r.conv_bn(5, 7), r(2, 5, 9, 9)
+    w, b = kernels.fold_batchnorm(p["convolution"]["weight"], p["batch_norm"])
+    folded = layers.conv2d(x, w) + b[:, None, None]
+    assert_close(folded, layers.conv_bn(x, **p), np.float64)
+
+
+def test_fold_batchnorm_linear_equals_linear_then_batchnorm():
+    r = Rand(np.float64)
+    p, x = r.linear_bn(6, 11), r(2, 4, 6)
+    w, b = kernels.fold_batchnorm(p["linear"]["weight"], p["batch_norm"])
+    assert_close(x @ w.T + b, layers.linear_bn(x, **p), np.float64)
+
+
+def test_fold_batchnorm_before_equals_batchnorm_then_linear():
+    r = Rand(np.float64)
+    p = {"batch_norm": r.batch_norm(6), "linear": {"weight": r(3, 6), "bias": r(3)}}
+    x = r(4, 6)
+    w, b = kernels.fold_batchnorm_before(p["linear"], p["batch_norm"])
+    assert_close(x @ w.T + b, layers.classification_layer(x, **p), np.float64)
+
+
+def test_prepare_leaves_the_checkpoint_unchanged(tmp_path):
+    path = write_checkpoint(tmp_path, TINY)
+    from levit_np.checkpoint import load_checkpoint
+
+    config, _, params = load_checkpoint(path)
+    before = [a.copy() for a in leaves(params)]
+    kernels.prepare(params, config)
+    assert all(np.array_equal(a, b) for a, b in zip(leaves(params), before, strict=True))
+
+
+# --- building blocks ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_exp_nonpositive(dtype):
+    x = -np.concatenate([np.linspace(0, 87, 3001), np.random.default_rng(0).exponential(3, 1000)]).astype(dtype)
+    ours = np.array([kernels._exp_nonpositive(v) for v in x])
+    ref = np.exp(x.astype(np.float64))
+    rel = np.abs(ours - ref) / ref
+    assert rel.max() <= 1e-6, rel.max()  # (the kernels use math.exp for float64)
+    assert kernels._exp_nonpositive(dtype(-200)) < 1e-37  # flushed, not overflowed
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("transpose_a,transpose_b", [(False, False), (True, False), (False, True)])
+def test_gemm_on_strided_views(dtype, transpose_a, transpose_b):
+    r = Rand(dtype)
+    M, K, N = 7, 5, 6
+    big_a, big_b, big_c = r(20, 30), r(20, 30), np.full((20, 30), np.nan, dtype)
+    a = big_a[2:2 + K, 3:3 + M] if transpose_a else big_a[2:2 + M, 3:3 + K]  # rows 30 apart
+    b = big_b[1:1 + N, 4:4 + K] if transpose_b else big_b[1:1 + K, 4:4 + N]
+    c = big_c[5:5 + M, 7:7 + N]
+    kernels._gemm(a, b, c, transpose_a, transpose_b)
+    assert_close(c, (a.T if transpose_a else a) @ (b.T if transpose_b else b), dtype)
+    assert np.isnan(big_c[:5]).all() and np.isnan(big_c[:, :7]).all()  # nothing written outside the view
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("M,N", [(1, 3), (16, 40), (300, 70)])  # 300 rows: several row tiles; 16: column tiles
+def test_linear_kernel(dtype, M, N):
+    r = Rand(dtype)
+    p, x = r.linear_bn(9, N), r(M, 9)
+    prepared = kernels._fold_linear(p)
+    assert_close(kernels._linear(x, prepared), layers.linear_bn(x, **p), dtype)
+    assert_close(kernels._linear(x, prepared, activate=True), layers.hardswish(layers.linear_bn(x, **p)), dtype)
+
+
+# --- layers -------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("batch,C0,size", [(1, 8, 32), (5, 16, 48)])  # 5 > STEM_CHUNK; 8 // 8 = 1 channel
+def test_patch_embeddings(dtype, batch, C0, size):
+    r = Rand(dtype)
+    chans = [3, C0 // 8, C0 // 4, C0 // 2, C0]
+    p = {f"embedding_layer_{i + 1}": r.conv_bn(chans[i], chans[i + 1]) for i in range(4)}
+    x = r(batch, 3, size, size)
+    ours = kernels.patch_embeddings(x, **{k: kernels._fold_conv(v) for k, v in p.items()})
+    assert_close(ours, layers.patch_embeddings(x, **p), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("R", [10, 7, 5, 3, 1])
+@pytest.mark.parametrize("output_attentions", [False, True])
+def test_attention(dtype, R, output_attentions):
+    r = Rand(dtype)
+    C, H, kd, ar = 12, 3, 4, 2
+    p, x = r.attention(C, H, kd, ar, R), r(2, R * R, C)
+    hyper = dict(num_attention_heads=H, key_dim=kd, attention_ratio=ar, output_attentions=output_attentions)
+    ours, ours_probs = kernels.attention(x, **kernels.prepare_layer("attention", {"module": p})["module"], **hyper)
+    ref, ref_probs = layers.attention(x, **p, **hyper)
+    assert_close(ours, ref, dtype)
+    if output_attentions:
+        assert_close(ours_probs, ref_probs, dtype)
+    else:
+        assert ours_probs is None
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("R", [10, 7, 5, 1])  # 10 -> 5, 7 -> 4, 5 -> 3, 1 -> 1
+@pytest.mark.parametrize("output_attentions", [False, True])
+def test_attention_subsample(dtype, R, output_attentions):
+    r = Rand(dtype)
+    C, C2, H, kd, ar, stride = 8, 12, 2, 4, 3, 2
+    p, x = r.attention_subsample(C, C2, H, kd, ar, R, stride), r(2, R * R, C)
+    hyper = dict(num_attention_heads=H, key_dim=kd, attention_ratio=ar, stride=stride, resolution=R,
+                 output_attentions=output_attentions)
+    ours, ours_probs = kernels.attention_subsample(x, **kernels.prepare_layer("attention_subsample", p), **hyper)
+    ref, ref_probs = layers.attention_subsample(x, **p, **hyper)
+    Rq = (R - 1) // stride + 1
+    assert ref.shape == (2, Rq * Rq, C2)
+    assert_close(ours, ref, dtype)
+    if output_attentions:
+        assert_close(ours_probs, ref_probs, dtype)
+    else:
+        assert ours_probs is None
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_softmax_is_stable_for_huge_logits(dtype):
+    r = Rand(dtype)
+    C, H, kd, ar, R = 8, 2, 4, 2, 3
+    p, x = r.attention(C, H, kd, ar, R), r(1, R * R, C)
+    p["attention_biases"] = p["attention_biases"] * 1000  # logits in the thousands: exp overflows without the max
+    hyper = dict(num_attention_heads=H, key_dim=kd, attention_ratio=ar, output_attentions=True)
+    ours, probs = kernels.attention(x, **kernels.prepare_layer("attention", {"module": p})["module"], **hyper)
+    ref, ref_probs = layers.attention(x, **p, **hyper)
+    assert np.isfinite(ours).all()
+    assert_close(probs, ref_probs, dtype)
+    assert_close(ours, ref, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_mlp(dtype):
+    r = Rand(dtype)
+    p, x = {"linear_up": r.linear_bn(8, 16), "linear_down": r.linear_bn(16, 8)}, r(3, 10, 8)
+    assert_close(kernels.mlp(x, **kernels.prepare_layer("mlp", {"module": p})["module"]), layers.mlp(x, **p), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_classification_layer(dtype):
+    r = Rand(dtype)
+    p, x = {"batch_norm": r.batch_norm(8), "linear": {"weight": r(5, 8), "bias": r(5)}}, r(3, 8)
+    assert_close(kernels.classification_layer(x, **kernels._fold_classifier(p)),
+                 layers.classification_layer(x, **p), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_add_writes_the_sum_into_the_branch(dtype):
+    r = Rand(dtype)
+    x, branch = r(2, 5, 3), r(2, 5, 3)
+    ref, x_before = x + branch, x.copy()
+    out = kernels.add(x, branch)
+    assert out is branch and np.array_equal(x, x_before)
+    assert_close(out, ref, dtype)
+
+
+# --- the whole model ----------------------------------------------------------------------------------------------
+
+# A tiny LeViT: 48 px -> a 3 -> 2 -> 1 token grid, every layer kind, an odd MLP width, two heads.
+TINY = LevitConfig(hidden_sizes=(16, 24, 32), num_attention_heads=(2, 3, 2), depths=(1, 2, 1), key_dim=(4, 4, 8),
+                   mlp_ratio=(2, 3, 1), attention_ratio=(2, 1, 2), image_size=48,
+                   id2label={i: str(i) for i in range(5)},
+                   down_ops=(Subsample(4, 4, 4, 2, 2), Subsample(4, 6, 4, 2, 2)))
+
+
+def write_checkpoint(path, config, arch="LevitForImageClassificationWithTeacher", seed=0):
+    """config.json + model.safetensors with random weights, written with NumPy only."""
+    r = Rand(np.float32, seed)
+    tensors = {}
+    for key, shape in expected_shapes(config, arch).items():
+        if key.endswith("running_var") or key.endswith("batch_norm.weight"):
+            t = r.uniform(0.5, 1.5, *shape)
+        else:
+            t = r(*shape, std=(np.prod(shape[1:]) ** -0.5 if len(shape) > 1 else 0.2))
+        tensors[key] = t
+    safetensors.numpy.save_file(tensors, str(path / "model.safetensors"))
+    down = [["Subsample", s.key_dim, s.num_attention_heads, s.attention_ratio, s.mlp_ratio, s.stride]
+            for s in config.down_ops]
+    cfg = {k: list(getattr(config, k)) for k in ("hidden_sizes", "num_attention_heads", "depths", "key_dim",
+                                                  "mlp_ratio", "attention_ratio")}
+    cfg |= {"model_type": "levit", "architectures": [arch], "image_size": config.image_size, "down_ops": down,
+            "id2label": {str(k): v for k, v in config.id2label.items()}}
+    (path / "config.json").write_text(json.dumps(cfg))
+    return path
+
+
+def leaves(tree):
+    if isinstance(tree, dict):
+        tree = list(tree.values())
+    if isinstance(tree, list):
+        for t in tree:
+            yield from leaves(t)
+    elif isinstance(tree, np.ndarray):
+        yield tree
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_whole_model_matches_numpy_backend(tmp_path, dtype):
+    path = write_checkpoint(tmp_path, TINY)
+    ref_model = levit_np.from_pretrained(path, backend="numpy", dtype=dtype)
+    model = levit_np.from_pretrained(path, backend="numba", dtype=dtype)
+    x = Rand(np.dtype(dtype).type)(3, 3, 48, 48)
+    ours = model(x, output_hidden_states=True, output_attentions=True)
+    ref = ref_model(x, output_hidden_states=True, output_attentions=True)
+    for name in ("logits", "cls_logits", "distillation_logits", "last_hidden_state", "pooler_output"):
+        assert_close(getattr(ours, name), getattr(ref, name), np.dtype(dtype).type)
+    for a, b in zip(ours.hidden_states + ours.attentions, ref.hidden_states + ref.attentions, strict=True):
+        assert_close(a, b, np.dtype(dtype).type)
+
+
+@pytest.mark.skipif(not JIT, reason="compiles nothing under NUMBA_DISABLE_JIT")
+def test_batch_sizes_share_one_compilation(tmp_path):
+    model = levit_np.from_pretrained(write_checkpoint(tmp_path, TINY), backend="numba")
+    dispatchers = [v for v in vars(kernels).values() if isinstance(v, numba.core.registry.CPUDispatcher)]
+    model(Rand(np.float32)(1, 3, 48, 48))
+    before = {d: len(d.signatures) for d in dispatchers}
+    for batch in (2, 7, 33):
+        assert model(Rand(np.float32)(batch, 3, 48, 48)).logits.shape == (batch, 5)
+    assert {d: len(d.signatures) for d in dispatchers} == before
+
+
+def test_set_num_threads():
+    n = kernels.get_num_threads()
+    try:
+        levit_np.set_num_threads(1)
+        assert kernels.get_num_threads() == 1
+    finally:
+        levit_np.set_num_threads(n)
+    for bad in (0, numba.config.NUMBA_NUM_THREADS + 1):
+        with pytest.raises(ValueError, match="NUMBA_NUM_THREADS"):
+            levit_np.set_num_threads(bad)
+
+
+def test_import_levit_np_does_not_import_numba():
+    code = "import sys, levit_np; print('numba' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_numba_is_the_default_backend(tmp_path):
+    assert levit_np.from_pretrained(write_checkpoint(tmp_path, TINY)).backend == "numba"
