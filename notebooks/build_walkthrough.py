@@ -96,7 +96,6 @@ import levit_np
 from levit_np import layers
 from levit_np.checkpoint import expected_shapes, load_checkpoint, read_safetensors
 from levit_np.config import VARIANTS, LevitConfig, layer_plan
-from levit_np.model import BACKENDS
 from levit_np.preprocessing import IMAGENET_MEAN, IMAGENET_STD, resize_shape
 
 %config InlineBackend.figure_formats = ["png"]
@@ -203,7 +202,7 @@ pixel_values (1, 3, 224, 224)
 """)
 
 code(r"""
-model = levit_np.from_pretrained(ckpt)  # backend="numpy", dtype="float32"
+model = levit_np.from_pretrained(ckpt, backend="numpy")  # the readable reference (the default is "numba")
 print(model)
 x = np.random.default_rng(0).standard_normal((1, 3, 224, 224), dtype=np.float32)  # any normalised image
 out = model(x, output_hidden_states=True)
@@ -255,7 +254,7 @@ difference shrinks to ~1e-14, the rounding of doubles, which shows the arithmeti
 
 code(r"""
 check("logits (float32)", out.logits, hf(torch.from_numpy(x)).logits)
-model64 = levit_np.from_pretrained(ckpt, dtype="float64")
+model64 = levit_np.from_pretrained(ckpt, backend="numpy", dtype="float64")
 hf64 = transformers.LevitForImageClassificationWithTeacher.from_pretrained(ckpt, dtype=torch.float64).eval()
 check("logits (float64)", model64(x.astype(np.float64)).logits, hf64(torch.from_numpy(x.astype(np.float64))).logits,
       rtol=1e-10)
@@ -875,19 +874,15 @@ same answer. Its first call compiles the kernels (cached on disk afterwards).
 """)
 
 code(r"""
-HAVE_NUMBA = "numba" in BACKENDS
-if HAVE_NUMBA:
-    t0 = time.perf_counter()
-    fast = levit_np.from_pretrained(ckpt, backend="numba")
-    out_fast = fast(pixel_values, output_attentions=True)
-    print(f"load + first call (compiles, or loads the kernel cache): {time.perf_counter() - t0:.1f} s")
-    check("numba logits vs HF", out_fast.logits, hf_cat.logits)
-    check("numba attentions vs HF", np.concatenate([a.ravel() for a in out_fast.attentions]),
-          np.concatenate([a.ravel() for a in hf_probs]), rtol=1e-3)
-    print("numba vs numpy: max |logits difference| =", float(np.abs(out_fast.logits - out_cat.logits).max()))
-    assert levit_np.predict(cat, model=fast, top_k=5)[0][0] == preds[0][0]
-else:
-    print("this levit_np has no 'numba' backend yet: skipped")
+t0 = time.perf_counter()
+fast = levit_np.from_pretrained(ckpt, backend="numba")
+out_fast = fast(pixel_values, output_attentions=True)
+print(f"load + first call (compiles, or loads the kernel cache): {time.perf_counter() - t0:.1f} s")
+check("numba logits vs HF", out_fast.logits, hf_cat.logits)
+check("numba attentions vs HF", np.concatenate([a.ravel() for a in out_fast.attentions]),
+      np.concatenate([a.ravel() for a in hf_probs]), rtol=1e-3)
+print("numba vs numpy: max |logits difference| =", float(np.abs(out_fast.logits - out_cat.logits).max()))
+assert levit_np.predict(cat, model=fast, top_k=5)[0][0] == preds[0][0]
 """)
 
 md(r"""
@@ -904,10 +899,8 @@ def best_ms(fn, repeat):
         times.append(time.perf_counter() - t0)
     return 1e3 * min(times)
 
-runners = {"levit_np, numpy": lambda xb: model(xb)}
-if HAVE_NUMBA:
-    runners["levit_np, numba"] = lambda xb: fast(xb)
-runners["HF Transformers (torch)"] = lambda xb: hf(torch.from_numpy(xb))
+runners = {"levit_np, numpy": lambda xb: model(xb), "levit_np, numba": lambda xb: fast(xb),
+           "HF Transformers (torch)": lambda xb: hf(torch.from_numpy(xb))}
 rows = ["| backend | batch 1: ms | batch 8: ms per image |", "|---|---:|---:|"]
 batch8 = np.repeat(pixel_values, 8, axis=0)
 for name, run in runners.items():
@@ -915,8 +908,8 @@ for name, run in runners.items():
     eight = best_ms(lambda run=run: run(batch8), 3) / 8
     rows.append(f"| {name} | {one:.1f} | {eight:.1f} |")
 display(Markdown("\n".join(rows)))
-print(f"{os.cpu_count()} CPUs; torch threads {torch.get_num_threads()}"
-      + (f"; numba threads {levit_np.kernels.get_num_threads()}" if HAVE_NUMBA else ""))
+print(f"{os.cpu_count()} CPUs; torch threads {torch.get_num_threads()}; "
+      f"numba threads {levit_np.kernels.get_num_threads()}")
 """)
 
 # =====================================================================================================================
