@@ -261,6 +261,7 @@ def machine() -> str:
 
 
 def main(argv=None):
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' per-load "Loading weights" bars
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--variants", nargs="+", default=["128S", "256"], choices=sorted(FLOPS))
     ap.add_argument("--batches", nargs="+", type=int, default=[1, 32])

@@ -6,7 +6,7 @@ import pytest
 import transformers
 from hypothesis import HealthCheck, settings
 
-from helpers import build_hf, save_hf
+from helpers import RTOL, WORST, build_hf, save_hf
 
 # CI and local runs see the same examples: derandomize draws them from a hash of the test, not a clock.
 settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True,
@@ -28,3 +28,10 @@ def checkpoint(tmp_path_factory):
         return cache[key]
 
     return make
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The worst parity error against HF this run measured, per dtype (what the README's tolerance is about)."""
+    for dtype, (err, output, test) in sorted(WORST.items()):
+        terminalreporter.write_line(f"worst relative error vs HF, {dtype}: {err:.2e} (bound {RTOL[dtype]:g}), "
+                                    f"{output} in {test}")
