@@ -22,5 +22,14 @@ def set_num_threads(n: int) -> None:
     _set_num_threads(n)
 
 
-__all__ = ["Levit", "LevitConfig", "LevitOutput", "VARIANTS", "from_pretrained", "predict", "preprocess",
-           "set_num_threads", "__version__"]
+__all__ = [
+    "VARIANTS",
+    "Levit",
+    "LevitConfig",
+    "LevitOutput",
+    "__version__",
+    "from_pretrained",
+    "predict",
+    "preprocess",
+    "set_num_threads",
+]

@@ -133,8 +133,12 @@ def how_to_get(repo_id: str, reason: str) -> str:
 def _fetch(repo_id: str, *, offline: bool, cache_dir: Path, local_dir: Path | None = None) -> Path:
     """hf_hub_download both files from main, or from the safetensors-conversion PR when main has no safetensors.
     Every failure becomes a WeightsNotFoundError whose message says why and how to get the weights."""
-    from huggingface_hub.utils import (EntryNotFoundError, GatedRepoError, LocalEntryNotFoundError,
-                                       RepositoryNotFoundError)
+    from huggingface_hub.utils import (
+        EntryNotFoundError,
+        GatedRepoError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+    )
 
     try:
         try:

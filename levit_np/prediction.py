@@ -36,7 +36,7 @@ def predict(images, model: str | os.PathLike | Levit = DEFAULT_MODEL, top_k: int
     single = is_single_image(images)
     items = as_image_list(images)
     names = [describe(im, None if single else i) for i, im in enumerate(items)]
-    for im, name in zip(items, names):  # cheap checks first: a wrong input fails before any model is loaded
+    for im, name in zip(items, names, strict=True):  # cheap checks first, before any model loads
         check_image(im, name=name)
     _check_positive_int(top_k, "top_k")
     _check_positive_int(batch_size, "batch_size")
@@ -67,7 +67,7 @@ def iter_predictions(images: list, model: Levit, *, top_k: int = 5, batch_size: 
                 results[i] = e
         if pixels:
             logits = model(np.stack(list(pixels.values()))).logits  # (b, 3, S, S) -> (b, num_labels)
-            for i, row in zip(pixels, logits):
+            for i, row in zip(pixels, logits, strict=True):
                 results[i] = top_labels(row, model.config.id2label, top_k)
         for i in sorted(results):
             yield i, results[i]

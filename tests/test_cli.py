@@ -66,11 +66,12 @@ def test_predict_text(small, tmp_path, capsys):
 
 def test_predict_json_several_files(small, tmp_path, capsys):
     paths = save_images(tmp_path, ["a.png", "b.jpg", "c.bmp"])
-    code, out, err = run(capsys, "predict", *paths, "--model", small, "--json", "--batch-size", "2")
+    code, out, _ = run(capsys, "predict", *paths, "--model", small, "--json", "--batch-size", "2")
     assert code == 0
     records = [json.loads(line) for line in out.splitlines()]
     assert [r["image"] for r in records] == paths
-    for record, expected in zip(records, levit_np.predict(paths, model=small, batch_size=2)):  # same batches
+    batched = levit_np.predict(paths, model=small, batch_size=2)  # the same batches
+    for record, expected in zip(records, batched, strict=True):
         assert [(d["label"], d["probability"]) for d in record["predictions"]] == expected
 
 
@@ -161,7 +162,7 @@ def test_info_released_variant_from_cache(checkpoint, tmp_path, capsys, monkeypa
 
 
 def test_info_missing(capsys):
-    code, out, err = run(capsys, "info", "facebook/levit-384")
+    code, _, err = run(capsys, "info", "facebook/levit-384")
     assert code == 1 and "python weights/fetch.py levit-384" in err
 
 

@@ -48,6 +48,11 @@ def test_missing_directory(tmp_path):
         levit_np.from_pretrained(tmp_path / "nope")
 
 
+def test_a_file_is_not_a_checkpoint(ckpt):
+    with raises(NotADirectoryError, ckpt / "config.json", "directory"):
+        levit_np.from_pretrained(ckpt / "config.json")
+
+
 def test_missing_config(ckpt):
     (ckpt / "config.json").unlink()
     with raises(FileNotFoundError, "config.json"):

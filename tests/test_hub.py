@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 import levit_np
-from helpers import hf_forward, random_pixels, rel_err, RTOL
+from helpers import RTOL, hf_forward, random_pixels, rel_err
 from levit_np import hub
 
 SMALL = dict(hidden_sizes=[32, 48, 64], num_attention_heads=[2, 3, 4], depths=[1, 1, 1], key_dim=[8, 8, 8],

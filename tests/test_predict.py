@@ -11,7 +11,6 @@ from transformers import LevitImageProcessorPil
 
 import levit_np
 from helpers import RTOL
-
 from levit_np import prediction as predict_module
 
 # A small model (64 px, 10 labels) so that each test runs in milliseconds; predict must follow its image_size.
@@ -76,7 +75,7 @@ def test_list_of_mixed_inputs_matches_hf(small, tmp_path):
     inputs = [str(tmp_path / "a.png"), Image.fromarray(arrays[1]), arrays[2]]
     results = levit_np.predict(inputs, model=path, top_k=3)
     assert len(results) == 3
-    for predictions, probs in zip(results, hf_probabilities(hf_model, arrays)):
+    for predictions, probs in zip(results, hf_probabilities(hf_model, arrays), strict=True):
         assert_matches(predictions, probs, top_k=3)
 
 
@@ -87,7 +86,7 @@ def test_probabilities_are_the_softmax_of_our_logits(small):
     model = levit_np.from_pretrained(path)
     logits = model(levit_np.preprocess(arrays, image_size=64)).logits.astype(np.float64)  # (3, 10)
     expected = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
-    for predictions, row in zip(levit_np.predict(arrays, model=model, top_k=NUM_LABELS), expected):
+    for predictions, row in zip(levit_np.predict(arrays, model=model, top_k=NUM_LABELS), expected, strict=True):
         order = np.argsort(-row, kind="stable")
         assert [label for label, _ in predictions] == [model.config.id2label[i] for i in order]
         np.testing.assert_allclose([p for _, p in predictions], row[order], rtol=1e-12, atol=0)
@@ -119,7 +118,7 @@ def test_batches_bound_memory(small, monkeypatch):
     whole = levit_np.predict(arrays, model=model, batch_size=32)
     assert seen[3:] == [5]
     # BLAS may round differently with another batch size: the same labels, probabilities within float32 noise
-    for a, b in zip(chunked, whole):
+    for a, b in zip(chunked, whole, strict=True):
         assert [label for label, _ in a] == [label for label, _ in b]
         np.testing.assert_allclose([p for _, p in a], [p for _, p in b], rtol=0, atol=1e-6)
 
