@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import safetensors
 
-from .config import NUM_STAGES, LevitConfig, layer_plan
+from .config import NUM_STAGES, LevitConfig
 from .layers import attention_bias_idxs
 
 CONFIG_NAME = "config.json"
@@ -38,7 +38,7 @@ def load_checkpoint(path: str | Path, dtype=np.float32) -> tuple[LevitConfig, st
     params = _nest({k: _to_numpy(t, dtype) for k, t in flat.items()})
     stages = params["encoder"]["stages"]
     stages += [{"layers": []} for _ in range(NUM_STAGES - len(stages))]  # a last stage of depth 0 has no weights
-    for stage, layers in zip(stages, layer_plan(config), strict=True):
+    for stage, layers in zip(stages, config.plan, strict=True):
         for p, layer in zip(stage["layers"], layers, strict=True):  # our own bias index tables, built once at load
             if layer.kind != "mlp":
                 p = p["module"] if layer.kind == "attention" else p
@@ -79,7 +79,7 @@ def expected_shapes(config: LevitConfig, architecture: str) -> dict[str, tuple[i
         shapes[f"{key}.convolution.weight"] = (stem[i + 1], stem[i], k, k)
         for p in ("weight", "bias", "running_mean", "running_var"):
             shapes[f"{key}.batch_norm.{p}"] = (stem[i + 1],)
-    for layers in layer_plan(config):
+    for layers in config.plan:
         for layer in layers:
             shapes.update({f"{layer.key}.{name}": shape for name, shape in layer.shapes().items()})
     heads = {"LevitModel": (), "LevitForImageClassification": ("classifier",),

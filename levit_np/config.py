@@ -6,6 +6,7 @@ trust its shapes: a bad config raises `ValueError` naming the field, never a Num
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,6 +62,11 @@ class LevitConfig:
     @property
     def num_labels(self) -> int:
         return len(self.id2label)
+
+    @functools.cached_property
+    def plan(self) -> list[list[Layer]]:
+        """`layer_plan(self)`, built once: the forward pass walks it on every call."""
+        return layer_plan(self)
 
     @property
     def resolutions(self) -> tuple[int, ...]:

@@ -33,7 +33,7 @@ from llvmlite import ir
 from numba import njit, prange, types
 from numba.extending import intrinsic
 
-from .config import BN_EPS, layer_plan
+from .config import BN_EPS
 
 # Floating-point freedoms for the hot loops: reassociation (vectorised sums) and FMA contraction; not 'nnan'/'ninf'
 # (only the `_max` intrinsic assumes there are no NaNs).
@@ -198,7 +198,7 @@ def _fold_conv(p):
 def prepare(params, config):
     """Checkpoint weights (nested as `layers.py` takes them) -> this module's folded, pre-laid-out weights. Once."""
     stages = [{"layers": [prepare_layer(layer.kind, p) for p, layer in zip(stage["layers"], layers, strict=True)]}
-              for stage, layers in zip(params["encoder"]["stages"], layer_plan(config), strict=True)]
+              for stage, layers in zip(params["encoder"]["stages"], config.plan, strict=True)]
     out = {"patch_embeddings": {name: _fold_conv(p) for name, p in params["patch_embeddings"].items()},
            "encoder": {"stages": stages}}
     for head in ("classifier", "classifier_distill"):

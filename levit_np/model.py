@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .checkpoint import load_checkpoint
-from .config import LevitConfig, layer_plan
+from .config import LevitConfig
 from .hub import resolve
 
 BACKENDS = {"numpy": "levit_np.layers", "numba": "levit_np.kernels"}
@@ -43,7 +43,7 @@ def levit_forward(pixel_values, params, config, ops, architecture, output_hidden
                              padding=config.padding)  # (B, 3, S, S) -> (B, N, C0), N = (S/16)^2
     hidden_states, attentions = [x], []
     add = getattr(ops, "add", np.add)  # the residual x + branch (a backend may do it in place in the branch)
-    for stage, layers in zip(params["encoder"]["stages"], layer_plan(config), strict=True):
+    for stage, layers in zip(params["encoder"]["stages"], config.plan, strict=True):
         for p, layer in zip(stage["layers"], layers, strict=True):
             if layer.kind == "attention":  # x + Attention(x): (B, N, C) -> (B, N, C)
                 out, probs = ops.attention(x, **p["module"], **layer.hyper(), output_attentions=output_attentions)
