@@ -79,3 +79,14 @@ def test_random_configs_match_hf(backend, config, cls_name, batch, num_labels, s
     x = random_pixels(batch, config["image_size"], seed=seed)
     compare_outputs(model(x, output_hidden_states=True), hf_forward(hf, x), cls_name)
 
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("cls_name", CLASSES[1:])
+def test_zero_labels_is_an_identity_head_like_hf(checkpoint, backend, cls_name):
+    """num_labels=0: HF's classifier is an nn.Identity (no weights), so the logits are the pooled features."""
+    hf, path = checkpoint(cls_name, num_labels=0, hidden_sizes=[16, 24, 32], num_attention_heads=[1, 2, 2],
+                          depths=[1, 1, 1], key_dim=[8, 8, 8], image_size=64)
+    x = random_pixels(2, 64)
+    compare_outputs(levit_np.from_pretrained(path, backend=backend)(x, output_hidden_states=True), hf_forward(hf, x),
+                    cls_name)
