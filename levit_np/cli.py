@@ -21,7 +21,7 @@ from .config import VARIANTS
 from .hub import DEFAULT_MODEL, RELEASED, fetch, resolve
 from .model import from_pretrained
 from .prediction import DEFAULT_BATCH_SIZE, iter_predictions, load_model
-from .preprocessing import check_image
+from .preprocessing import check_image, resize_short_side
 
 PROG = "levit-np"
 
@@ -168,7 +168,7 @@ def run_info(args) -> int:
           f"architecture:  {info['architecture']}\n"
           f"config:        hidden_sizes {info['hidden_sizes']}, heads {info['num_attention_heads']}, "
           f"depths {info['depths']}, key_dim {info['key_dim']}\n"
-          f"image size:    {c.image_size} (short side resized to {int(256 / 224 * c.image_size)}, "
+          f"image size:    {c.image_size} (short side resized to {resize_short_side(c.image_size)}, "
           f"center crop {c.image_size})\n"
           f"parameters:    {info['parameters']:,} ({info['parameters'] / 1e6:.2f}M)\n"
           f"labels:        {len(labels)} ({shown})\n"

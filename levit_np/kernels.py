@@ -160,23 +160,28 @@ def get_num_threads() -> int:
 
 # --- load time: BatchNorm folding and weight layout ---------------------------------------------------------------
 
-def fold_batchnorm(weight, batch_norm):
-    """Conv/Linear (no bias) followed by eval BatchNorm -> one (weight, bias): bn(W x) = (s W) x + (beta - s mu).
+def batchnorm_affine(batch_norm):
+    """Eval BatchNorm as the per-channel affine map it is: bn(x) = s x + t, s = gamma / sqrt(var + eps),
+    t = beta - s mu. Returns (s, t), each (C,)."""
+    scale = batch_norm["weight"] / np.sqrt(batch_norm["running_var"] + BN_EPS)  # (C,)
+    return scale, batch_norm["bias"] - batch_norm["running_mean"] * scale  # (C,), (C,)
 
-    weight (Cout, ...) -> (Cout, ...) scaled per output channel; bias (Cout,). s = gamma / sqrt(var + eps).
+
+def fold_batchnorm(weight, batch_norm):
+    """Conv/Linear (no bias) followed by eval BatchNorm -> one (weight, bias): bn(W x) = (s W) x + t.
+
+    weight (Cout, ...) -> (Cout, ...) scaled per output channel; bias (Cout,).
     """
-    scale = batch_norm["weight"] / np.sqrt(batch_norm["running_var"] + BN_EPS)  # (Cout,)
-    bias = batch_norm["bias"] - batch_norm["running_mean"] * scale  # (Cout,)
+    scale, bias = batchnorm_affine(batch_norm)  # (Cout,), (Cout,)
     return weight * scale.reshape((-1,) + (1,) * (weight.ndim - 1)), bias
 
 
 def fold_batchnorm_before(linear, batch_norm):
-    """Eval BatchNorm followed by Linear(bias) -> one (weight, bias): W bn(x) + c = (W s) x + (W (beta - s mu) + c).
+    """Eval BatchNorm followed by Linear(bias) -> one (weight, bias): W bn(x) + c = (W s) x + (W t + c).
 
     linear {"weight" (L, C), "bias" (L,)} -> weight (L, C), bias (L,). The classifier heads.
     """
-    scale = batch_norm["weight"] / np.sqrt(batch_norm["running_var"] + BN_EPS)  # (C,)
-    shift = batch_norm["bias"] - batch_norm["running_mean"] * scale  # (C,)
+    scale, shift = batchnorm_affine(batch_norm)  # (C,), (C,)
     return linear["weight"] * scale, linear["bias"] + linear["weight"] @ shift
 
 

@@ -48,7 +48,7 @@ def preprocess_image(image, image_size: int = DEFAULT_IMAGE_SIZE, *, name: str |
     """One image -> (3, image_size, image_size) float32. `name` is how errors refer to it."""
     name = name or describe(image)
     rgb = load_rgb(image, name=name)
-    short = int((256 / 224) * image_size)  # HF LevitImageProcessor: shortest_edge * 256/224, truncated
+    short = resize_short_side(image_size)
     height, width = resize_shape(rgb.height, rgb.width, short)
     limit = Image.MAX_IMAGE_PIXELS  # Pillow's decompression-bomb limit; None when the user turned it off
     if limit and height * width > limit:
@@ -63,6 +63,12 @@ def preprocess_image(image, image_size: int = DEFAULT_IMAGE_SIZE, *, name: str |
     std = np.array(IMAGENET_STD, dtype=np.float32)
     x = (x - mean) / std  # float32 throughout, per channel
     return np.ascontiguousarray(x.transpose(2, 0, 1))  # (S, S, 3) -> (3, S, S)
+
+
+def resize_short_side(image_size: int) -> int:
+    """The short side an image is resized to before the center crop: 256 for image_size 224 (HF LevitImageProcessor:
+    shortest_edge * 256/224, truncated)."""
+    return int((256 / 224) * image_size)
 
 
 def resize_shape(height: int, width: int, short: int) -> tuple[int, int]:
