@@ -16,6 +16,8 @@ then A again -- so that a noisy neighbour slows them alike; each figure is the m
 GFLOP/s counts 0.61 GFLOP per image for LeViT-128S and 2.25 for LeViT-256 (the paper's FLOPs, as multiply-adds x 2).
 Peak RSS is that of a fresh process which imports, loads and runs one call at that batch size. Cold start is
 import + load + first call of the numba backend in a fresh process, with an empty and then a warm Numba cache.
+The arithmetic ceiling is our float32 micro-kernel on L1-resident data on every thread at once (`fma_peak`); the table
+ends with the share of it that twice HF eager's speed would take.
 Needs the `bench` and `test` extras: pip install -e ".[test,bench]".
 """
 
@@ -200,6 +202,36 @@ def check_agreement(fns: dict, x: np.ndarray) -> dict[str, float]:
     return {k: float(np.abs(v - ref).max() / max(1.0, np.abs(ref).max())) for k, v in outs.items()}
 
 
+def fma_peak(threads: int, seconds: float = 1.0) -> float:
+    """GFLOP/s of levit_np's float32 micro-kernel on `threads` threads at once, each on its own L1-resident 6 x 256
+    times 256 x 64 product: the arithmetic ceiling of these cores (the micro-kernel does 24 vector FMAs per 5 loads,
+    so in L1 it runs at the FMA units' rate). No forward pass can run faster than this on the same threads."""
+    import numba
+
+    from levit_np import kernels
+
+    @numba.njit(parallel=True)
+    def spin(x, panels, out, calls):
+        for t in numba.prange(x.shape[0]):
+            for _ in range(calls):
+                kernels._micro_gemm(x[t], panels[t], out[t])
+
+    K, rows, cols = 256, kernels.MICRO_ROWS, kernels.PANEL
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((threads, rows, K), dtype=np.float32)
+    panels = rng.standard_normal((threads, K, cols), dtype=np.float32)
+    out = np.empty((threads, rows, cols), np.float32)
+    numba.set_num_threads(threads)
+    spin(x, panels, out, 10)
+    calls, best = 1000, 0.0
+    t_end = time.perf_counter() + seconds
+    while time.perf_counter() < t_end:
+        t = time.perf_counter()
+        spin(x, panels, out, calls)
+        best = max(best, threads * calls * 2 * rows * K * cols / (time.perf_counter() - t) / 1e9)
+    return best
+
+
 def _child(code: str, env: dict | None = None) -> str:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env={**os.environ, **(env or {})}, cwd=str(ROOT))
@@ -312,10 +344,11 @@ def main(argv=None):
                             r["rss"] = rss
         if cold is None and not args.no_cold_start and "numba" in args.contenders:
             cold = (variant, cold_start(ckpt, args.threads))
-    print(render(rows, args, thread_counts, cold))
+    peak = fma_peak(args.threads)
+    print(render(rows, args, thread_counts, cold, peak))
 
 
-def render(rows, args, thread_counts, cold) -> str:
+def render(rows, args, thread_counts, cold, peak) -> str:
     def get(v, b, t, n):
         return next((r for r in rows if (r["variant"], r["batch"], r["threads"], r["name"]) == (v, b, t, n)), None)
 
@@ -340,6 +373,14 @@ def render(rows, args, thread_counts, cold) -> str:
                 if scaling:
                     cells.append(f"{one['ms'] / r['ms']:.2f}x" if one else "-")
                 lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", f"Arithmetic ceiling (`fma_peak`: the float32 micro-kernel in L1 on {T} threads): {peak:.0f} GFLOP/s. "
+              f"Twice HF eager's speed would take, over the whole forward:", ""]
+    for v in args.variants:
+        for b in args.batches:
+            hf = get(v, b, T, "hf")
+            if hf:
+                need = 2 * FLOPS[v] * b / hf["ms"] * 1e3
+                lines.append(f"- LeViT-{v}, batch {b}: {need:.0f} GFLOP/s, {need / peak:.0%} of the ceiling")
     if cold:
         variant, measured = cold
         lines += ["", f"Cold start of the numba backend, LeViT-{variant} (fresh process, batch 1):", "",

@@ -27,8 +27,8 @@ import levit_np
 from levit_np import kernels
 
 PUBLIC = ("patch_embeddings", "attention", "attention_subsample", "mlp", "add", "classification_layer")
-KERNELS = ("_conv_first_kernel", "_conv_kernel", "_linear_kernel", "_add_kernel", "_attention_kernel",
-           "_attention_subsample_kernel")
+KERNELS = ("_conv_first_kernel", "_conv_kernel", "_conv_packed_kernel", "_linear_kernel", "_linear_packed_kernel",
+           "_add_kernel", "_attention_kernel", "_attention_subsample_kernel")
 
 
 def main(argv=None):

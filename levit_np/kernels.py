@@ -4,20 +4,25 @@
 called the same way by `model.levit_forward`; `prepare` turns the checkpoint's weights into the form they take, once:
 
 - every Linear/Conv + BatchNorm pair becomes one weight and bias (`fold_batchnorm`), laid out for `x @ weight`;
+  float32 weights are then packed into 64-column panels (`pack_panels`) for our own GEMM micro-kernel;
 - each attention layer's (H, R*R) bias table is gathered once into the dense (H, Nq, Nk) bias it adds.
 
-One thread pool does all the work. Every kernel is a `prange` loop over independent tiles (rows of a GEMM, output
-rows of a conv, (image, head) pairs of an attention), and each tile calls NumPy's own OpenBLAS `sgemm`/`dgemm`
-single-threaded, then finishes its tile while it is still in cache: bias, Hardswish, im2col, softmax. (Letting
-OpenBLAS run its own threads between Numba's parallel loops makes two pools of spinning threads fight over the
-cores: on a 2-core machine that is ~100x slower, not 2x faster.)
+One thread pool does all the work. Every kernel is a `prange` loop over independent tiles (row chunks x weight
+panels of a dense layer, output rows of a conv, (image, head) pairs of an attention), each finished while it is
+still in cache: bias, Hardswish, im2col, softmax. The float32 dense layers and stem convs multiply with
+`_micro_gemm`, a 6-row x 64-column AVX-512 micro-kernel written in LLVM IR that keeps its 24 accumulators in
+registers (~97% of the FMA peak of one core, measured) and streams the weights in the order they were packed, once
+at load: OpenBLAS, which cannot keep weights packed, repacks them on every call, which dominates at batch 1. The
+attention GEMMs, the first conv and all float64 work call NumPy's own OpenBLAS `sgemm`/`dgemm` single-threaded from
+inside the tiles. (Letting OpenBLAS run its own threads between Numba's parallel loops makes two pools of spinning
+threads fight over the cores: on a 2-core machine that is ~100x slower, not 2x faster.)
 
 Every kernel is a private `@njit(cache=True)` function `_..._kernel` behind a documented public function; they also
-run, slowly, as plain Python under NUMBA_DISABLE_JIT=1 (with NumPy's matmul as the GEMM). Kernels are compiled per
-dtype (float32 / float64), never per shape: batch sizes 1..256 share one compilation. Inner loops run over 1-D views
-(LLVM vectorises those); two LLVM one-liners (`_max`, `_pow2`) give the softmax a vectorised max and exp.
-Shapes: B batch, N tokens, C channels, H heads, kd key dim, vd = attention_ratio * kd value dim, Nq/Nk query/key
-tokens, M = B*N rows of a token-wise GEMM.
+run, slowly, as plain Python under NUMBA_DISABLE_JIT=1 (with NumPy's matmul as the GEMMs and the micro-kernel).
+Kernels are compiled per dtype (float32 / float64), never per shape: batch sizes 1..256 share one compilation. Inner
+loops run over 1-D views (LLVM vectorises those); two LLVM one-liners (`_max`, `_pow2`) give the softmax a vectorised
+max and exp. Shapes: B batch, N tokens, C channels, H heads, kd key dim, vd = attention_ratio * kd value dim, Nq/Nk
+query/key tokens, M = B*N rows of a token-wise GEMM.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import numba
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
+from numba.core import cgutils
 from numba.extending import intrinsic
 
 from .config import BN_EPS
@@ -42,6 +48,14 @@ _FAST = {"reassoc", "contract", "nsz", "arcp"}
 # the columns instead: every tile's BLAS call repacks all of the weights it touches, which dominates for few rows.
 # (The weights cannot stay packed between calls: OpenBLAS has no API for it.)
 TILE_ROWS = (64, 256)
+# Our own float32 GEMM for the dense layers (OpenBLAS keeps float64): the weights are packed once, at load, into
+# PANEL-column panels, and a micro-kernel multiplies MICRO_ROWS rows of x by one panel with its 6 x 4 AVX-512
+# accumulators in registers (24 of the 32 vector registers; 4 more hold the panel row, 1 the broadcast x value).
+PANEL = 64  # weight columns per panel: 4 vectors of 16 float32
+MICRO_ROWS = 6  # x rows per micro-kernel call
+PREFETCH = 8192  # bytes ahead in the panel that the micro-kernel asks the cache to fetch (32 panel rows)
+PANEL_ALIGN = 64  # bytes: each panel row is one whole number of cache lines
+X_CHUNK_BYTES = 1 << 18  # x rows per task: at most this many bytes of x (they stay in L2 while panels stream past)
 CONV_TILE_PIXELS = 256  # output pixels per conv tile; its im2col, 256 x (9 Cin + 1), is 0.6 MB for 128S's last conv
 STEM_CHUNK = 4  # images per pass through the conv stem: their activations (<= 15 MB for LeViT-384) stay in L3
 
@@ -140,6 +154,82 @@ else:  # a NumPy without its bundled OpenBLAS (MKL, Accelerate, ...): correct, b
                     c[i, j] += aik * (b[j, k] if transpose_b else b[k, j])
 
 
+# --- our float32 GEMM micro-kernel: MICRO_ROWS rows of x times one packed weight panel ----------------------------
+
+if numba.config.DISABLE_JIT:
+    def _micro_gemm(x, panel, c):
+        # c (MICRO_ROWS, PANEL) = x (MICRO_ROWS, K) @ panel (K, PANEL)
+        c[...] = x @ panel
+
+else:
+    @intrinsic
+    def _micro_gemm_ptr(typingctx, x, lda, panel, K, c, ldc):
+        # The micro-kernel in LLVM IR, one loop over k (K >= 1): c[r, :] = sum_k x[r, k] * panel[k, :] for r < 6,
+        # with the 6 x 4 vectors of c in registers. x, panel, c: float32 addresses; lda, ldc: row strides in
+        # elements (panel rows are PANEL apart). Each k: 4 vector loads of the panel row, a prefetch PREFETCH bytes
+        # ahead, and per row r one broadcast of x[r, k] and 4 fused multiply-adds.
+        def codegen(context, builder, signature, args):
+            x_addr, lda, panel_addr, K, c_addr, ldc = args
+            f32, i32, i64 = ir.FloatType(), ir.IntType(32), ir.IntType(64)
+            vec = ir.VectorType(f32, 16)
+            fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec] * 3), "llvm.fma.v16f32")
+            prefetch = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(ir.VoidType(), [ir.IntType(8).as_pointer(), i32, i32, i32]),
+                "llvm.prefetch.p0i8")
+            x0, p0, c0 = (builder.inttoptr(a, f32.as_pointer()) for a in (x_addr, panel_addr, c_addr))
+            lanes = PANEL // 16
+
+            def at(base, index):  # &base[index], index an i64 value
+                return builder.gep(base, [index])
+
+            def vector_at(base, index):
+                return builder.bitcast(at(base, index), vec.as_pointer())
+
+            entry = builder.block
+            loop, done = builder.append_basic_block("micro.k"), builder.append_basic_block("micro.done")
+            builder.branch(loop)
+            builder.position_at_end(loop)
+            k = builder.phi(i64)
+            k.add_incoming(ir.Constant(i64, 0), entry)
+            acc = []
+            for _ in range(MICRO_ROWS * lanes):
+                acc.append(builder.phi(vec))
+                acc[-1].add_incoming(ir.Constant(vec, [0.0] * 16), entry)
+            row = builder.mul(k, ir.Constant(i64, PANEL))  # offset of panel row k
+            ahead = builder.add(row, ir.Constant(i64, PREFETCH // 4))
+            b = []
+            for v in range(lanes):
+                builder.call(prefetch, [builder.bitcast(at(p0, builder.add(ahead, ir.Constant(i64, 16 * v))),
+                                                        ir.IntType(8).as_pointer()),
+                                        ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+                b.append(builder.load(vector_at(p0, builder.add(row, ir.Constant(i64, 16 * v))), align=4))
+            new, undef = [], ir.Constant(vec, ir.Undefined)
+            for r in range(MICRO_ROWS):
+                a = builder.load(at(x0, builder.add(builder.mul(ir.Constant(i64, r), lda), k)), align=4)  # x[r, k]
+                splat = builder.shuffle_vector(builder.insert_element(undef, a, ir.Constant(i32, 0)), undef,
+                                               ir.Constant(ir.VectorType(i32, 16), [0] * 16))  # 16 x x[r, k]
+                new.extend(builder.call(fma, [splat, b[v], acc[r * lanes + v]]) for v in range(lanes))
+            k_next = builder.add(k, ir.Constant(i64, 1))
+            k.add_incoming(k_next, loop)
+            for phi, value in zip(acc, new, strict=True):
+                phi.add_incoming(value, loop)
+            builder.cbranch(builder.icmp_signed("<", k_next, K), loop, done)
+            builder.position_at_end(done)
+            for r in range(MICRO_ROWS):
+                for v in range(lanes):
+                    index = builder.add(builder.mul(ir.Constant(i64, r), ldc), ir.Constant(i64, 16 * v))
+                    builder.store(new[r * lanes + v], vector_at(c0, index), align=4)
+            return context.get_dummy_value()
+
+        return types.void(types.uintp, types.intp, types.uintp, types.intp, types.uintp, types.intp), codegen
+
+    @njit(cache=True, inline="always")
+    def _micro_gemm(x, panel, c):
+        # c (MICRO_ROWS, PANEL) = x (MICRO_ROWS, K) @ panel (K, PANEL), float32; x and c may be strided row views
+        _micro_gemm_ptr(x.ctypes.data, x.strides[0] // 4, panel.ctypes.data, panel.shape[0], c.ctypes.data,
+                        c.strides[0] // 4)
+
+
 # --- threads ------------------------------------------------------------------------------------------------------
 
 def set_num_threads(n: int) -> None:
@@ -185,26 +275,56 @@ def fold_batchnorm_before(linear, batch_norm):
     return linear["weight"] * scale, linear["bias"] + linear["weight"] @ shift
 
 
+def pack_panels(weight):
+    """A float32 weight (K, N), for x @ weight -> (ceil(N / PANEL), K, PANEL): PANEL-column panels, each one
+    contiguous, the last zero-padded, starting on a cache line. The layout the float32 micro-kernel streams."""
+    K, N = weight.shape
+    P = -(-N // PANEL)
+    padded = np.zeros((K, P * PANEL), weight.dtype)  # (K, P*PANEL)
+    padded[:, :N] = weight
+    buffer = np.empty(P * K * PANEL + PANEL_ALIGN // weight.itemsize, weight.dtype)
+    start = (-buffer.ctypes.data % PANEL_ALIGN) // weight.itemsize  # first element on a cache-line boundary
+    panels = buffer[start:start + P * K * PANEL].reshape(P, K, PANEL)
+    panels[...] = padded.reshape(K, P, PANEL).transpose(1, 0, 2)  # (K, P, PANEL) -> (P, K, PANEL)
+    return panels
+
+
+def _dense(weight, bias):
+    # weight (K, N) for x @ weight, bias (N,) -> the form _linear takes: float32 weights packed into panels (our
+    # micro-kernel), float64 ones left (K, N) (OpenBLAS)
+    weight = pack_panels(weight) if weight.dtype == np.float32 else np.ascontiguousarray(weight)
+    return {"weight": weight, "bias": np.ascontiguousarray(bias)}
+
+
 def _fold_linear(p):
-    # {"linear": {weight (Cout, Cin)}, "batch_norm"} -> {"weight": (Cin, Cout) for x @ weight, "bias": (Cout,)}
+    # {"linear": {weight (Cout, Cin)}, "batch_norm"} -> {"weight": (Cin, Cout) for x @ weight, packed, "bias": (Cout,)}
     w, b = fold_batchnorm(p["linear"]["weight"], p["batch_norm"])
-    return {"weight": np.ascontiguousarray(w.T), "bias": b}
+    return _dense(w.T, b)
 
 
-def _fold_conv(p):
-    # {"convolution": {weight (Cout, Cin, k, k)}, "batch_norm"} -> {"weight": (k*k*Cin + 1, Cout), "kernel_size"}:
-    # rows in im2col order (ky, kx, cin), then the bias as one more row (the im2col tile has a column of ones)
+def _fold_conv(p, pack=True):
+    # {"convolution": {weight (Cout, Cin, k, k)}, "batch_norm"} -> {"weight": (k*k*Cin + 1, Cout), "kernel_size",
+    # "out_channels"}: rows in im2col order (ky, kx, cin), then the bias as one more row (the im2col tile has a
+    # column of ones). Packed into panels if `pack`, the weight is float32 and Cout fills at least one panel.
     w, b = fold_batchnorm(p["convolution"]["weight"], p["batch_norm"])
     Cout, Cin, k, _ = w.shape
-    rows = w.transpose(2, 3, 1, 0).reshape(k * k * Cin, Cout)  # (k*k*Cin, Cout)
-    return {"weight": np.ascontiguousarray(np.concatenate([rows, b[None]])), "kernel_size": k}
+    rows = np.concatenate([w.transpose(2, 3, 1, 0).reshape(k * k * Cin, Cout), b[None]])  # (k*k*Cin + 1, Cout)
+    pack = pack and rows.dtype == np.float32 and Cout >= PANEL
+    return {"weight": pack_panels(rows) if pack else np.ascontiguousarray(rows), "kernel_size": k,
+            "out_channels": Cout}
+
+
+def fold_patch_embeddings(p):
+    """The four stem convs' checkpoint weights -> their prepared form. All but the first (3 input channels; its
+    transposed im2col takes the (k*k*Cin + 1, Cout) weight to OpenBLAS) are packed into panels where they can be."""
+    return {name: _fold_conv(conv, pack=name != "embedding_layer_1") for name, conv in p.items()}
 
 
 def prepare(params, config):
     """Checkpoint weights (nested as `layers.py` takes them) -> this module's folded, pre-laid-out weights. Once."""
     stages = [{"layers": [prepare_layer(layer.kind, p) for p, layer in zip(stage["layers"], layers, strict=True)]}
               for stage, layers in zip(params["encoder"]["stages"], config.plan, strict=True)]
-    out = {"patch_embeddings": {name: _fold_conv(p) for name, p in params["patch_embeddings"].items()},
+    out = {"patch_embeddings": fold_patch_embeddings(params["patch_embeddings"]),
            "encoder": {"stages": stages}}
     for head in ("classifier", "classifier_distill"):
         if head in params:
@@ -227,7 +347,7 @@ def prepare_layer(kind, p):
 def _fold_classifier(p):
     # {"batch_norm", "linear": {weight (L, C), bias (L,)}} -> {"weight": (C, L) for x @ weight, "bias": (L,)}
     w, b = fold_batchnorm_before(p["linear"], p["batch_norm"])
-    return {"weight": np.ascontiguousarray(w.T), "bias": b}
+    return _dense(w.T, b)
 
 
 # --- element-wise helpers ----------------------------------------------------------------------------------------
@@ -287,9 +407,13 @@ def _exp_nonpositive(x):
 
 @njit(cache=True, fastmath=_FAST, inline="always")
 def _bias_act(y, bias, activate):
-    # one row (n,) of an output tile, in place: y += bias (n,), then Hardswish if activate. 1-D views, so that
-    # LLVM vectorises the loop (it does not for the same loop written with 2-D indexing)
-    if activate:
+    # one row (n,) of an output tile, in place: y += bias (n,) unless bias is None, then Hardswish if activate.
+    # 1-D views, so that LLVM vectorises the loop (it does not for the same loop written with 2-D indexing)
+    if bias is None:
+        if activate:
+            for c in range(y.size):
+                y[c] = _hardswish(y[c])
+    elif activate:
         for c in range(y.size):
             y[c] = _hardswish(y[c] + bias[c])
     else:
@@ -328,11 +452,57 @@ def _linear_kernel(x, weight, bias, activate, out, threads):
             _bias_act(out[r, c0:c1], bias[c0:c1], activate)  # (c,) while the tile is in cache
 
 
+@njit(cache=True, fastmath=_FAST)
+def _panel_product(x, panel, out, bias, activate):
+    # out (m, cols) = act(x (m, K) @ panel (K, PANEL)[:, :cols] [+ bias (cols,)]), float32, cols <= PANEL: micro-tile
+    # by micro-tile, each written straight into `out` and finished while in cache; a ragged edge (the last
+    # < MICRO_ROWS rows, or cols < PANEL) goes through a small buffer instead
+    m, cols = out.shape
+    for r0 in range(0, m, MICRO_ROWS):
+        rows = min(MICRO_ROWS, m - r0)
+        if rows == MICRO_ROWS and cols == PANEL:
+            _micro_gemm(x[r0:r0 + MICRO_ROWS], panel, out[r0:r0 + MICRO_ROWS])  # (6, PANEL)
+        else:
+            edge = np.zeros((MICRO_ROWS, x.shape[1]), x.dtype)  # (6, K), rows past the end zero
+            edge[:rows] = x[r0:r0 + rows]
+            tile = np.empty((MICRO_ROWS, PANEL), x.dtype)  # (6, PANEL)
+            _micro_gemm(edge, panel, tile)
+            out[r0:r0 + rows] = tile[:rows, :cols]
+        for r in range(r0, r0 + rows):
+            _bias_act(out[r], bias, activate)  # (cols,) while the micro-tile is in cache
+
+
+@njit(cache=True, parallel=True, fastmath=_FAST)
+def _linear_packed_kernel(x, panels, bias, activate, out, threads):
+    # out (M, N) = act(x (M, K) @ weight + bias (N,)), float32, the weight packed as panels (P, K, PANEL).
+    # One task = a chunk of x rows (<= X_CHUNK_BYTES, kept in L2) times one panel; the tasks of one chunk are
+    # adjacent, so that each thread keeps its x rows in cache while the panels stream past.
+    M, N = out.shape
+    P, K, _ = panels.shape
+    blocks = -(-M // MICRO_ROWS)  # micro-tiles down the rows
+    chunks = -(-blocks * MICRO_ROWS * K * x.itemsize // X_CHUNK_BYTES)  # chunks of x that fit in L2 ...
+    chunks = max(chunks, -(-2 * threads // P))  # ... and at least 2 tasks per thread
+    while (chunks * P) % threads and chunks < blocks:  # whole rounds of tasks: static scheduling, balanced
+        chunks += 1
+    chunks = min(chunks, blocks)
+    rows = -(-blocks // chunks) * MICRO_ROWS  # equal chunks (the last one may be shorter, or empty)
+    for t in prange(chunks * P):
+        r0, c0 = (t // P) * rows, (t % P) * PANEL
+        r1, c1 = min(M, r0 + rows), min(N, c0 + PANEL)
+        if r0 >= r1:
+            continue
+        _panel_product(x[r0:r1], panels[t % P], out[r0:r1, c0:c1], bias[c0:c1], activate)
+
+
 def _linear(x, p, activate=False):
     # twin of layers.linear_bn [+ layers.hardswish], BatchNorm folded in p: (..., Cin) -> (..., Cout)
-    x2 = np.ascontiguousarray(x.reshape(-1, x.shape[-1]))  # (M, Cin), rows adjacent as BLAS wants them
-    out = np.empty((x2.shape[0], p["weight"].shape[1]), x.dtype)  # (M, Cout)
-    _linear_kernel(x2, p["weight"], p["bias"], activate, out, numba.get_num_threads())
+    x2 = np.ascontiguousarray(x.reshape(-1, x.shape[-1]))  # (M, Cin), rows adjacent
+    weight, bias = p["weight"], p["bias"]
+    out = np.empty((x2.shape[0], bias.shape[0]), x.dtype)  # (M, Cout)
+    if weight.ndim == 3:  # float32, packed panels (P, Cin, PANEL): our micro-kernel
+        _linear_packed_kernel(x2, weight, bias, activate, out, numba.get_num_threads())
+    else:  # float64 (Cin, Cout): OpenBLAS
+        _linear_kernel(x2, weight, bias, activate, out, numba.get_num_threads())
     return out.reshape(*x.shape[:-1], out.shape[-1])
 
 
@@ -366,47 +536,81 @@ def classification_layer(x, weight, bias):
 
 # --- conv stem: im2col tile + GEMM + bias/Hardswish ---------------------------------------------------------------
 
+@njit(cache=True, fastmath=_FAST, inline="always")
+def _im2col(x, b, oy0, oy1, kernel_size, stride, padding, cols):
+    # cols ((oy1 - oy0) * Wo, k*k*Cin + 1), zeroed = image b's receptive fields of output rows oy0..oy1, in
+    # (ky, kx, cin) order, then a 1 for the bias row of the weight; x (B, H, W, Cin) channels-last
+    _, H, W, Cin = x.shape
+    k = kernel_size
+    KK = cols.shape[1]  # k*k*Cin + 1
+    Wo = cols.shape[0] // (oy1 - oy0)
+    for oy in range(oy0, oy1):
+        dst = cols[(oy - oy0) * Wo:(oy - oy0 + 1) * Wo].reshape(Wo * KK)  # this output row's im2col rows, flat
+        for ox in range(Wo):
+            dst[np.uint64(ox * KK + KK - 1)] = 1  # times the bias row of the weight
+        for ky in range(k):
+            iy = oy * stride + ky - padding
+            if iy < 0 or iy >= H:
+                continue
+            src = x[b, iy].reshape(W * Cin)  # one input row, channels-last, flat
+            for kx in range(k):
+                lo = min(Wo, max(0, -(-(padding - kx) // stride)))  # first ox whose input column ix >= 0
+                hi = max(lo, min(Wo, (W - 1 + padding - kx) // stride + 1))  # past the last with ix < W
+                for ox in range(lo, hi):  # copy pixel (iy, ix)'s Cin channels; unsigned: no wraparound checks
+                    s0 = np.uint64((ox * stride + kx - padding) * Cin)
+                    d0 = np.uint64(ox * KK + (ky * k + kx) * Cin)
+                    for c in range(Cin):
+                        dst[d0 + np.uint64(c)] = src[s0 + np.uint64(c)]
+
+
+@njit(cache=True)
+def _conv_tiles(B, Ho, Wo, threads):
+    # (output rows per tile, tiles per image): about CONV_TILE_PIXELS pixels, and enough tiles for every thread
+    rows = max(1, min(CONV_TILE_PIXELS // Wo, -(-B * Ho // threads)))
+    return rows, -(-Ho // rows)
+
+
 @njit(cache=True, parallel=True, fastmath=_FAST)
 def _conv_kernel(x, weight, kernel_size, stride, padding, activate, out, threads):
     # twin of layers.conv_bn [+ layers.hardswish]: out (B, Ho, Wo, Cout) = act(conv(x) + bias), x (B, H, W, Cin)
-    # channels-last, weight (k*k*Cin + 1, Cout) in (ky, kx, cin) order with the bias as its last row. One tile =
-    # a block of output rows of one image: its im2col (with a column of ones for the bias), one GEMM, then
-    # Hardswish over the contiguous output tile.
-    B, H, W, Cin = x.shape
+    # channels-last, weight (k*k*Cin + 1, Cout) in (ky, kx, cin) order with the bias as its last row (OpenBLAS;
+    # float64). One tile = a block of output rows of one image: its im2col, one GEMM, then Hardswish over the
+    # contiguous output tile.
+    B = x.shape[0]
     _, Ho, Wo, Cout = out.shape
-    k = kernel_size
     out2 = out.reshape(B * Ho * Wo, Cout)  # (pixels, Cout)
     flat = out.reshape(B * Ho * Wo * Cout)  # the same memory, 1-D, for the element-wise epilogue
-    rows = max(1, min(CONV_TILE_PIXELS // Wo, -(-B * Ho // threads)))  # output rows per tile
-    blocks = -(-Ho // rows)
+    rows, blocks = _conv_tiles(B, Ho, Wo, threads)
     for t in prange(B * blocks):
         b, oy0 = t // blocks, (t % blocks) * rows
         oy1 = min(Ho, oy0 + rows)
-        KK = k * k * Cin + 1  # im2col row length: the receptive field, then a 1 for the bias
-        cols = np.zeros(((oy1 - oy0) * Wo, KK), x.dtype)  # (tile pixels, KK); zero = padding
-        for oy in range(oy0, oy1):
-            dst = cols[(oy - oy0) * Wo:(oy - oy0 + 1) * Wo].reshape(Wo * KK)  # this output row's im2col rows, flat
-            for ox in range(Wo):
-                dst[np.uint64(ox * KK + KK - 1)] = 1  # times the bias row of `weight`
-            for ky in range(k):
-                iy = oy * stride + ky - padding
-                if iy < 0 or iy >= H:
-                    continue
-                src = x[b, iy].reshape(W * Cin)  # one input row, channels-last, flat
-                for kx in range(k):
-                    lo = min(Wo, max(0, -(-(padding - kx) // stride)))  # first ox whose input column ix >= 0
-                    hi = max(lo, min(Wo, (W - 1 + padding - kx) // stride + 1))  # past the last with ix < W
-                    for ox in range(lo, hi):  # copy pixel (iy, ix)'s Cin channels; unsigned: no wraparound checks
-                        s0 = np.uint64((ox * stride + kx - padding) * Cin)
-                        d0 = np.uint64(ox * KK + (ky * k + kx) * Cin)
-                        for c in range(Cin):
-                            dst[d0 + np.uint64(c)] = src[s0 + np.uint64(c)]
+        cols = np.zeros(((oy1 - oy0) * Wo, weight.shape[0]), x.dtype)  # (tile pixels, k*k*Cin + 1)
+        _im2col(x, b, oy0, oy1, kernel_size, stride, padding, cols)
         p0, p1 = (b * Ho + oy0) * Wo, (b * Ho + oy1) * Wo
         _gemm(cols, weight, out2[p0:p1], False, False)  # (pixels, k*k*Cin+1) @ (k*k*Cin+1, Cout) -> (pixels, Cout)
         if activate:
             tile = flat[p0 * Cout:p1 * Cout]  # (pixels * Cout,)
             for i in range(tile.size):
                 tile[i] = _hardswish(tile[i])
+
+
+@njit(cache=True, parallel=True, fastmath=_FAST)
+def _conv_packed_kernel(x, panels, kernel_size, stride, padding, activate, out, threads):
+    # _conv_kernel for float32, the weight packed as panels (P, k*k*Cin + 1, PANEL): each im2col tile times every
+    # panel, by the micro-kernel, Hardswish applied micro-tile by micro-tile
+    B = x.shape[0]
+    _, Ho, Wo, Cout = out.shape
+    out2 = out.reshape(B * Ho * Wo, Cout)  # (pixels, Cout)
+    rows, blocks = _conv_tiles(B, Ho, Wo, threads)
+    for t in prange(B * blocks):
+        b, oy0 = t // blocks, (t % blocks) * rows
+        oy1 = min(Ho, oy0 + rows)
+        cols = np.zeros(((oy1 - oy0) * Wo, panels.shape[1]), x.dtype)  # (tile pixels, k*k*Cin + 1)
+        _im2col(x, b, oy0, oy1, kernel_size, stride, padding, cols)
+        p0, p1 = (b * Ho + oy0) * Wo, (b * Ho + oy1) * Wo
+        for p in range(panels.shape[0]):  # (pixels, k*k*Cin+1) @ (k*k*Cin+1, PANEL) -> (pixels, PANEL)
+            c0 = p * PANEL
+            _panel_product(cols, panels[p], out2[p0:p1, c0:min(Cout, c0 + PANEL)], None, activate)
 
 
 @njit(cache=True, parallel=True, fastmath=_FAST)
@@ -419,8 +623,7 @@ def _conv_first_kernel(x, weight, kernel_size, stride, padding, out, threads):
     k = kernel_size
     out2 = out.reshape(B * Ho * Wo, Cout)  # (pixels, Cout)
     flat = out.reshape(B * Ho * Wo * Cout)  # the same memory, 1-D
-    rows = max(1, min(CONV_TILE_PIXELS // Wo, -(-B * Ho // threads)))  # output rows per tile
-    blocks = -(-Ho // rows)
+    rows, blocks = _conv_tiles(B, Ho, Wo, threads)
     for t in prange(B * blocks):
         b, oy0 = t // blocks, (t % blocks) * rows
         oy1 = min(Ho, oy0 + rows)
@@ -464,18 +667,21 @@ def patch_embeddings(pixel_values, embedding_layer_1, embedding_layer_2, embeddi
     for b0 in range(0, B, STEM_CHUNK):
         x = pixel_values[b0:b0 + STEM_CHUNK]  # (b, 3, S, S), channels-first
         for i, conv in enumerate(convs):  # (b, 3, S, S) -> (b, S/2, S/2, C0/8) -> ... -> (b, S/16, S/16, C0)
-            k, w = conv["kernel_size"], conv["weight"]  # w (k*k*Cin + 1, Cout)
+            k, w, Cout = conv["kernel_size"], conv["weight"], conv["out_channels"]  # w (k*k*Cin + 1, Cout) or panels
             H, W = x.shape[2:] if i == 0 else x.shape[1:3]
             Ho, Wo = (H + 2 * padding - k) // stride + 1, (W + 2 * padding - k) // stride + 1
             if i < 3:
-                out = np.empty((x.shape[0], Ho, Wo, w.shape[1]), x.dtype)  # (b, Ho, Wo, Cout) channels-last
+                out = np.empty((x.shape[0], Ho, Wo, Cout), x.dtype)  # (b, Ho, Wo, Cout) channels-last
             else:
-                tokens = np.empty((B, Ho, Wo, w.shape[1]), x.dtype) if tokens is None else tokens
+                tokens = np.empty((B, Ho, Wo, Cout), x.dtype) if tokens is None else tokens
                 out = tokens[b0:b0 + x.shape[0]]  # the last conv writes straight into the token array
+            threads = numba.get_num_threads()
             if i == 0:
-                _conv_first_kernel(x, w, k, stride, padding, out, numba.get_num_threads())
-            else:
-                _conv_kernel(x, w, k, stride, padding, i < 3, out, numba.get_num_threads())
+                _conv_first_kernel(x, w, k, stride, padding, out, threads)
+            elif w.ndim == 3:  # float32 panels (P, k*k*Cin + 1, PANEL): our micro-kernel
+                _conv_packed_kernel(x, w, k, stride, padding, i < 3, out, threads)
+            else:  # (k*k*Cin + 1, Cout): OpenBLAS
+                _conv_kernel(x, w, k, stride, padding, i < 3, out, threads)
             x = out
     _, R, _, C = tokens.shape
     return tokens.reshape(B, R * R, C)  # token t = row*R + col

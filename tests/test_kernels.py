@@ -129,11 +129,25 @@ def test_gemm_on_strided_views(dtype, transpose_a, transpose_b):
     assert np.isnan(big_c[:5]).all() and np.isnan(big_c[:, :7]).all()  # nothing written outside the view
 
 
+@pytest.mark.parametrize("K,N", [(5, 3), (9, 64), (7, 130)])
+def test_pack_panels(K, N):
+    w = Rand(np.float32)(K, N)
+    panels = kernels.pack_panels(w)
+    P = -(-N // kernels.PANEL)
+    assert panels.shape == (P, K, kernels.PANEL) and panels.flags.c_contiguous
+    assert panels.ctypes.data % kernels.PANEL_ALIGN == 0
+    np.testing.assert_array_equal(np.concatenate(list(panels), axis=1)[:, :N], w)  # the columns, in order
+    assert not panels[-1][:, N - (P - 1) * kernels.PANEL:].any()  # the padding is zero
+
+
+# float32 runs the packed micro-kernel: rows not a multiple of MICRO_ROWS, fewer than it (1), N short of a panel (3,
+# 40), whole panels (128) and a ragged last one (70); K = 600 splits 300 rows into several chunks. float64: OpenBLAS
+# row tiles (300 rows) and column tiles (16 rows).
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("M,N", [(1, 3), (16, 40), (300, 70)])  # 300 rows: several row tiles; 16: column tiles
-def test_linear_kernel(dtype, M, N):
+@pytest.mark.parametrize("M,K,N", [(1, 9, 3), (16, 9, 40), (13, 20, 128), (300, 9, 70), (300, 600, 70)])
+def test_linear_kernel(dtype, M, K, N):
     r = Rand(dtype)
-    p, x = r.linear_bn(9, N), r(M, 9)
+    p, x = r.linear_bn(K, N), r(M, K)
     prepared = kernels._fold_linear(p)
     assert_close(kernels._linear(x, prepared), layers.linear_bn(x, **p), dtype)
     assert_close(kernels._linear(x, prepared, activate=True), layers.hardswish(layers.linear_bn(x, **p)), dtype)
@@ -142,13 +156,14 @@ def test_linear_kernel(dtype, M, N):
 # --- layers -------------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("batch,C0,size", [(1, 8, 32), (5, 16, 48)])  # 5 > STEM_CHUNK; 8 // 8 = 1 channel
+# 5 > STEM_CHUNK; 8 // 8 = 1 channel; C0 = 128: float32 convs 3 and 4 (Cout >= PANEL) run packed, on odd grids
+@pytest.mark.parametrize("batch,C0,size", [(1, 8, 32), (5, 16, 48), (2, 128, 40)])
 def test_patch_embeddings(dtype, batch, C0, size):
     r = Rand(dtype)
     chans = [3, C0 // 8, C0 // 4, C0 // 2, C0]
     p = {f"embedding_layer_{i + 1}": r.conv_bn(chans[i], chans[i + 1]) for i in range(4)}
     x = r(batch, 3, size, size)
-    ours = kernels.patch_embeddings(x, **{k: kernels._fold_conv(v) for k, v in p.items()})
+    ours = kernels.patch_embeddings(x, **kernels.fold_patch_embeddings(p))
     assert_close(ours, layers.patch_embeddings(x, **p), dtype)
 
 
