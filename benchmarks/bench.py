@@ -373,8 +373,8 @@ def render(rows, args, thread_counts, cold, peak) -> str:
                 if scaling:
                     cells.append(f"{one['ms'] / r['ms']:.2f}x" if one else "-")
                 lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", f"Arithmetic ceiling (`fma_peak`: the float32 micro-kernel in L1 on {T} threads): {peak:.0f} GFLOP/s. "
-              f"Twice HF eager's speed would take, over the whole forward:", ""]
+    lines += ["", f"Arithmetic ceiling (`fma_peak`: the float32 micro-kernel in L1 on {T} threads): "
+              f"{peak:.0f} GFLOP/s. Twice HF eager's speed would take, over the whole forward:", ""]
     for v in args.variants:
         for b in args.batches:
             hf = get(v, b, T, "hf")

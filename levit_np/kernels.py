@@ -48,9 +48,9 @@ _FAST = {"reassoc", "contract", "nsz", "arcp"}
 # the columns instead: every tile's BLAS call repacks all of the weights it touches, which dominates for few rows.
 # (The weights cannot stay packed between calls: OpenBLAS has no API for it.)
 TILE_ROWS = (64, 256)
-# Our own float32 GEMM for the dense layers (OpenBLAS keeps float64): the weights are packed once, at load, into
-# PANEL-column panels, and a micro-kernel multiplies MICRO_ROWS rows of x by one panel with its 6 x 4 AVX-512
-# accumulators in registers (24 of the 32 vector registers; 4 more hold the panel row, 1 the broadcast x value).
+# Our own float32 GEMM for the dense layers and stem convs 2-4 (OpenBLAS keeps float64): the weights are packed once,
+# at load, into PANEL-column panels, and a micro-kernel multiplies MICRO_ROWS rows of x by one panel with its 6 x 4
+# AVX-512 accumulators in registers (24 of the 32 vector registers; 4 more hold the panel row, 1 the broadcast x).
 PANEL = 64  # weight columns per panel: 4 vectors of 16 float32
 MICRO_ROWS = 6  # x rows per micro-kernel call
 PREFETCH = 8192  # bytes ahead in the panel that the micro-kernel asks the cache to fetch (32 panel rows)
