@@ -24,7 +24,6 @@ Needs the `bench` and `test` extras: pip install -e ".[test,bench]".
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -40,52 +39,15 @@ FLOPS = {"128S": 0.61, "128": 0.81, "192": 1.31, "256": 2.25, "384": 4.70}  # GF
 CONTENDERS = ("numpy", "numba", "hf", "ort")
 LABELS = {"numpy": "levit_np numpy", "numba": "levit_np numba", "hf": "HF eager (PyTorch)", "ort": "ONNX Runtime"}
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-
-# --- a random-weight checkpoint, written with NumPy only ---------------------------------------------------------
-
-def make_checkpoint(variant: str, path: Path, seed: int = 0) -> Path:
-    """config.json + model.safetensors of a released variant (LevitForImageClassificationWithTeacher, 1000 labels)
-    with random weights; BatchNorm statistics are drawn so that activations stay O(1)."""
-    import safetensors.numpy
-
-    from levit_np.checkpoint import expected_shapes
-    from levit_np.config import VARIANTS, LevitConfig
-
-    kw = {k: list(v) for k, v in VARIANTS[variant].items()}
-    id2label = {i: f"LABEL_{i}" for i in range(1000)}
-    config = LevitConfig(**{k: tuple(v) for k, v in kw.items()}, id2label=id2label)
-    arch = "LevitForImageClassificationWithTeacher"
-    rng = np.random.default_rng(seed)
-    tensors = {}
-    for key, shape in expected_shapes(config, arch).items():
-        if key.endswith("running_var"):
-            t = rng.uniform(0.5, 2.0, shape)
-        elif key.endswith("batch_norm.weight"):
-            t = rng.uniform(0.5, 1.5, shape)
-        elif key.endswith(("running_mean", "batch_norm.bias", "linear.bias")):
-            t = rng.normal(0, 0.2, shape)
-        elif key.endswith("attention_biases"):
-            t = rng.normal(0, 1.0, shape)
-        else:  # linear (out, in) / conv (out, in, k, k)
-            t = rng.normal(0, 1 / np.sqrt(np.prod(shape[1:])), shape)
-        prefix = "" if key.startswith("classifier") else "levit."
-        tensors[prefix + key] = np.ascontiguousarray(t, np.float32)
-    path.mkdir(parents=True, exist_ok=True)
-    safetensors.numpy.save_file(tensors, str(path / "model.safetensors"), metadata={"format": "pt"})
-    cfg = dict(model_type="levit", architectures=[arch], drop_path_rate=0, id2label=id2label,
-               label2id={v: k for k, v in id2label.items()}, **kw)
-    (path / "config.json").write_text(json.dumps(cfg))
-    return path
 
 
 def build_levit(variant: str, backend: str, path: Path | None = None):
     """levit_np model of `variant` with random weights (written to a temporary checkpoint unless `path` is given)."""
     import levit_np
+    from levit_np.testing import random_checkpoint
 
     if path is None:
-        path = make_checkpoint(variant, Path(tempfile.mkdtemp(prefix=f"levit-{variant}-")))
+        path = random_checkpoint(Path(tempfile.mkdtemp(prefix=f"levit-{variant}-")), variant)
     return levit_np.from_pretrained(str(path), backend=backend)
 
 
@@ -208,15 +170,16 @@ def fma_peak(threads: int, seconds: float = 1.0) -> float:
     so in L1 it runs at the FMA units' rate). No forward pass can run faster than this on the same threads."""
     import numba
 
-    from levit_np import kernels
+    from levit_np.fast.llvm_ir import MICRO_ROWS, micro_gemm
+    from levit_np.fast.weights import PANEL
 
     @numba.njit(parallel=True)
     def spin(x, panels, out, calls):
         for t in numba.prange(x.shape[0]):
             for _ in range(calls):
-                kernels._micro_gemm(x[t], panels[t], out[t])
+                micro_gemm(x[t], panels[t], out[t])
 
-    K, rows, cols = 256, kernels.MICRO_ROWS, kernels.PANEL
+    K, rows, cols = 256, MICRO_ROWS, PANEL
     rng = np.random.default_rng(0)
     x = rng.standard_normal((threads, rows, K), dtype=np.float32)
     panels = rng.standard_normal((threads, K, cols), dtype=np.float32)
@@ -242,7 +205,7 @@ def _child(code: str, env: dict | None = None) -> str:
 
 def peak_rss_mib(name: str, ckpt: Path, onnx_path: Path, batch: int, threads: int) -> float:
     """Peak resident memory of a fresh process that imports, loads and runs one call of `name` at `batch`."""
-    code = (f"import sys, numpy as np; sys.path[:0] = [{str(ROOT)!r}, {str(Path(__file__).parent)!r}]\n"
+    code = (f"import sys, numpy as np; sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
             f"import bench\n"
             f"f = bench.load_contender({name!r}, bench.Path({str(ckpt)!r}), bench.Path({str(onnx_path)!r}), "
             f"{threads})\n"
@@ -314,10 +277,12 @@ def main(argv=None):
     os.environ.setdefault("NUMBA_NUM_THREADS", str(args.threads))
     thread_counts = [args.threads] + ([1] if args.threads > 1 and not args.no_scaling else [])
 
+    from levit_np.testing import random_checkpoint
+
     tmp = Path(tempfile.mkdtemp(prefix="levit-bench-"))
     rows, cold = [], None
     for variant in args.variants:
-        ckpt = make_checkpoint(variant, tmp / variant)
+        ckpt = random_checkpoint(tmp / variant, variant)
         onnx_path = tmp / f"{variant}.onnx"
         if "ort" in args.contenders:
             export_onnx(ckpt, onnx_path)

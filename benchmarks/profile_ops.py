@@ -3,7 +3,7 @@
     python benchmarks/profile_ops.py --variant 128S --batch 1 --threads 2
     python benchmarks/profile_ops.py --variant 256 --batch 32 --repeats 5
 
-Random weights (only the shapes matter for time). Every public layer function of levit_np.kernels and every parallel
+Random weights (only the shapes matter for time). Every public layer function of the numba backend and every parallel
 kernel behind it is wrapped in a timer. The kernels call OpenBLAS for their GEMMs, so their time includes it; "NumPy
 glue" is a function's time minus its kernels' (allocations, the strided-query gather); "forward" is what
 levit_forward does around the layer calls (pooling, Python).
@@ -13,22 +13,17 @@ from __future__ import annotations
 
 import argparse
 import collections
-import sys
+import dataclasses
 import time
-import types
-from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import FLOPS, build_levit
+from bench import FLOPS, build_levit  # benchmarks/, this script's folder, is on sys.path
 
 import levit_np
-from levit_np import kernels
+from levit_np.fast import blas, kernels
 
 PUBLIC = ("patch_embeddings", "attention", "attention_subsample", "mlp", "add", "classification_layer")
-KERNELS = ("_conv_first_kernel", "_conv_kernel", "_conv_packed_kernel", "_linear_kernel", "_linear_packed_kernel",
-           "_add_kernel", "_attention_kernel", "_attention_subsample_kernel")
+KERNELS = ("_conv_kernel", "_dense_blas_kernel", "_dense_packed_kernel", "_add_kernel", "_attention_kernel")
 
 
 def main(argv=None):
@@ -67,7 +62,7 @@ def main(argv=None):
     try:
         for k, fn in originals.items():
             setattr(kernels, k, timed(k, fn, False))  # the public functions look them up at call time
-        model._ops = types.SimpleNamespace(**{k: timed(k, getattr(kernels, k), True) for k in PUBLIC})
+        model._ops = dataclasses.replace(model._ops, **{k: timed(k, getattr(model._ops, k), True) for k in PUBLIC})
         model(x)
         times.clear(), calls.clear()
         t = time.perf_counter()
@@ -79,7 +74,7 @@ def main(argv=None):
             setattr(kernels, k, fn)
 
     n = args.repeats
-    print(f"LeViT-{args.variant}, batch {args.batch}, {kernels.get_num_threads()} threads: {wall * 1e3:.2f} ms per "
+    print(f"LeViT-{args.variant}, batch {args.batch}, {blas.get_num_threads()} threads: {wall * 1e3:.2f} ms per "
           f"forward (mean of {n}), {FLOPS[args.variant] * args.batch / wall:.0f} GFLOP/s\n")
     print("| op | ms per forward | share | calls per forward |\n|---|---:|---:|---:|")
     for name in PUBLIC:

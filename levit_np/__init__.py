@@ -16,8 +16,8 @@ __version__ = "0.1.0"
 
 
 def set_num_threads(n: int) -> None:
-    """Cores for the numba backend's kernels and NumPy's BLAS (see levit_np.kernels.set_num_threads)."""
-    from .kernels import set_num_threads as _set_num_threads  # imports numba only when asked
+    """Cores for the numba backend's kernels and NumPy's BLAS (see levit_np.fast.set_num_threads)."""
+    from .fast import set_num_threads as _set_num_threads  # imports numba only when asked
 
     _set_num_threads(n)
 

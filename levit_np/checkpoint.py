@@ -11,8 +11,7 @@ from pathlib import Path
 import numpy as np
 import safetensors
 
-from .config import NUM_STAGES, LevitConfig
-from .layers import attention_bias_idxs
+from .config import NUM_STAGES, Layer, LevitConfig
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -24,7 +23,14 @@ _IGNORED_SUFFIXES = (".num_batches_tracked", ".attention_bias_idxs")
 
 
 def load_checkpoint(path: str | Path, dtype=np.float32) -> tuple[LevitConfig, str, dict]:
-    """Load `path/config.json` + `path/model.safetensors`. Returns (config, architecture, nested params)."""
+    """Load `path/config.json` + `path/model.safetensors`. Returns (config, architecture, params).
+
+    `params` is the weight tree in our own layout, which mirrors `config.plan` one to one:
+    {"patch_embeddings": {...}, "stages": [{"blocks": [layer, ...], "downsample": [layer, ...]}, ...],
+    "classifier": {...}, "classifier_distill": {...}}; each layer's dict is keyed as `Layer.shapes()` says.
+    HF's layout (the `levit.` prefix, the `.module` of residual layers, the downsampling layers at the end of the
+    previous stage's list) ends here.
+    """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint directory not found: {path}")
@@ -35,15 +41,34 @@ def load_checkpoint(path: str | Path, dtype=np.float32) -> tuple[LevitConfig, st
     tensors = read_safetensors(path / WEIGHTS_NAME)
     architecture = config.architecture or _infer_architecture(tensors)
     flat = _check_against_config(tensors, config, architecture, path / WEIGHTS_NAME)
-    params = _nest({k: _to_numpy(t, dtype) for k, t in flat.items()})
-    stages = params["encoder"]["stages"]
-    stages += [{"layers": []} for _ in range(NUM_STAGES - len(stages))]  # a last stage of depth 0 has no weights
-    for stage, layers in zip(stages, config.plan, strict=True):
-        for p, layer in zip(stage["layers"], layers, strict=True):  # our own bias index tables, built once at load
-            if layer.kind != "mlp":
-                p = p["module"] if layer.kind == "attention" else p
-                p["attention_bias_idxs"] = attention_bias_idxs(layer.resolution, layer.resolution_out, layer.stride)
+
+    def subtree(prefix: str) -> dict:  # every tensor under HF key `prefix`, nested by the rest of its key
+        return _nest({k[len(prefix) + 1:]: _to_numpy(t, dtype) for k, t in flat.items()
+                      if k.startswith(prefix + ".")})
+
+    layers = iter(hf_layer_keys(config))
+    params = {"patch_embeddings": subtree("patch_embeddings"),
+              "stages": [{"blocks": [subtree(next(layers)[1]) for _ in stage.blocks],
+                          "downsample": [subtree(next(layers)[1]) for _ in stage.downsample]}
+                         for stage in config.plan]}
+    for head in ("classifier", "classifier_distill"):
+        if any(k.startswith(head + ".") for k in flat):
+            params[head] = subtree(head)
     return config, architecture, params
+
+
+def hf_layer_keys(config: LevitConfig) -> list[tuple[Layer, str]]:
+    """(layer, HF key prefix of its weights) for every encoder layer, in `config.plan` order.
+
+    HF's LevitStage s lists its blocks, then the downsampling of stages 0 and 1; residual layers wrap their weights
+    in `.module`, the downsampling attention does not.
+    """
+    keys = []
+    for s, stage in enumerate(config.plan):
+        for i, layer in enumerate(stage.layers):
+            key = f"encoder.stages.{s}.layers.{i}"
+            keys.append((layer, key if layer.kind == "attention_subsample" else key + ".module"))
+    return keys
 
 
 def read_safetensors(path: Path) -> dict[str, dict]:
@@ -79,9 +104,8 @@ def expected_shapes(config: LevitConfig, architecture: str) -> dict[str, tuple[i
         shapes[f"{key}.convolution.weight"] = (stem[i + 1], stem[i], k, k)
         for p in ("weight", "bias", "running_mean", "running_var"):
             shapes[f"{key}.batch_norm.{p}"] = (stem[i + 1],)
-    for layers in config.plan:
-        for layer in layers:
-            shapes.update({f"{layer.key}.{name}": shape for name, shape in layer.shapes().items()})
+    for layer, key in hf_layer_keys(config):
+        shapes.update({f"{key}.{name}": shape for name, shape in layer.shapes().items()})
     heads = {"LevitModel": (), "LevitForImageClassification": ("classifier",),
              "LevitForImageClassificationWithTeacher": ("classifier", "classifier_distill")}[architecture]
     C, n = config.hidden_sizes[NUM_STAGES - 1], config.num_labels
@@ -94,33 +118,43 @@ def expected_shapes(config: LevitConfig, architecture: str) -> dict[str, tuple[i
 
 
 def _check_against_config(tensors, config, architecture, file) -> dict[str, dict]:
-    flat = {}
+    """The tensors the config implies, keyed without `levit.`; errors name each key as the file spells it."""
+    flat, spelling = {}, {}
     for key, t in tensors.items():
         if key.endswith(_IGNORED_SUFFIXES):
             continue
         name = key.removeprefix("levit.")
         if name in flat:
             raise ValueError(f"{file}: tensor {name!r} appears both with and without the 'levit.' prefix")
-        flat[name] = t
+        flat[name], spelling[name] = t, key
+    prefixed = any(k.startswith("levit.") for k in spelling.values())
+
+    def spelled(name):  # a key as this file spells it (or would: the heads never carry the prefix)
+        if name in spelling:
+            return spelling[name]
+        return f"levit.{name}" if prefixed and not name.startswith("classifier") else name
+
     want = expected_shapes(config, architecture)
     missing = [k for k in want if k not in flat]
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-        raise ValueError(f"{file}: missing tensor {missing[0]!r}{more} for a {architecture} with this config.json")
+        raise ValueError(f"{file}: missing tensor {spelled(missing[0])!r}{more} for a {architecture} with this "
+                         f"config.json")
     unexpected = [k for k in flat if k not in want]
     if unexpected:
-        raise ValueError(f"{file}: unexpected tensor {unexpected[0]!r} ({len(unexpected)} in all): config.json "
-                         f"(depths={list(config.depths)}, architecture {architecture}) disagrees with the weights")
+        raise ValueError(f"{file}: unexpected tensor {spelled(unexpected[0])!r} ({len(unexpected)} in all): "
+                         f"config.json (depths={list(config.depths)}, architecture {architecture}) disagrees with "
+                         f"the weights")
     for key, shape in want.items():
         found = tuple(flat[key]["shape"])
         if found != shape:
-            raise ValueError(f"{file}: tensor {key!r} has shape {found}, but config.json implies {shape} "
+            raise ValueError(f"{file}: tensor {spelled(key)!r} has shape {found}, but config.json implies {shape} "
                              f"(hidden_sizes={list(config.hidden_sizes)}, "
                              f"num_attention_heads={list(config.num_attention_heads)}, "
                              f"key_dim={list(config.key_dim)}, num_labels={config.num_labels})")
         if flat[key]["dtype"] not in _DTYPES:
-            raise ValueError(f"{file}: tensor {key!r} has dtype {flat[key]['dtype']}, expected a float type "
-                             f"({', '.join(_DTYPES)})")
+            raise ValueError(f"{file}: tensor {spelled(key)!r} has dtype {flat[key]['dtype']}, expected a float "
+                             f"type ({', '.join(_DTYPES)})")
     return flat
 
 
@@ -132,7 +166,7 @@ def _to_numpy(t: dict, dtype) -> np.ndarray:
 
 
 def _nest(flat: dict[str, np.ndarray]) -> dict:
-    """{"a.0.b": x} -> {"a": [{"b": x}]}: dotted keys become dicts, runs of integer keys become lists."""
+    """{"a.b": x} -> {"a": {"b": x}}: dotted keys become nested dicts."""
     root = {}
     for key, value in flat.items():
         *parents, leaf = key.split(".")
@@ -140,13 +174,4 @@ def _nest(flat: dict[str, np.ndarray]) -> dict:
         for p in parents:
             node = node.setdefault(p, {})
         node[leaf] = value
-
-    def listify(node):
-        if not isinstance(node, dict):
-            return node
-        node = {k: listify(v) for k, v in node.items()}
-        if node and all(k.isdigit() for k in node):
-            return [node[str(i)] for i in range(len(node))]
-        return node
-
-    return listify(root)
+    return root

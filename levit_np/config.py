@@ -64,7 +64,7 @@ class LevitConfig:
         return len(self.id2label)
 
     @functools.cached_property
-    def plan(self) -> list[list[Layer]]:
+    def plan(self) -> tuple[Stage, ...]:
         """`layer_plan(self)`, built once: the forward pass walks it on every call."""
         return layer_plan(self)
 
@@ -191,11 +191,9 @@ def _validate(c: LevitConfig) -> None:
 
 @dataclass(frozen=True)
 class Layer:
-    """One entry of `encoder.stages.{stage}.layers.{index}`, in the order HF's LevitStage builds them."""
+    """One layer of the encoder: the kind of layer, its widths, its token grid and its hyper-parameters."""
 
-    kind: str  # "attention" | "mlp" (both residual, weights under ".module") | "attention_subsample"
-    stage: int
-    index: int
+    kind: str  # "attention" | "mlp" (both residual) | "attention_subsample" (the downsampling attention)
     dim: int  # channels in
     out_dim: int  # channels out (differs from dim only for attention_subsample)
     resolution: int  # grid side of the input tokens
@@ -206,27 +204,28 @@ class Layer:
     stride: int = 1  # attention_subsample: query stride
 
     @property
-    def key(self) -> str:
-        """Checkpoint prefix of this layer's weights (without the `levit.` of the classification models)."""
-        key = f"encoder.stages.{self.stage}.layers.{self.index}"
-        return key if self.kind == "attention_subsample" else key + ".module"
-
-    @property
     def resolution_out(self) -> int:
         return (self.resolution - 1) // self.stride + 1
+
+    @functools.cached_property
+    def attention_bias_idxs(self):
+        """(Nq, Nk) index into this attention layer's (H, R*R) bias table (see layers.attention_bias_idxs)."""
+        from .layers import attention_bias_idxs  # the reference owns the rule
+
+        return attention_bias_idxs(self.resolution, self.resolution_out, self.stride)
 
     def hyper(self) -> dict:
         """Keyword arguments the layer function takes besides its weights."""
         if self.kind == "mlp":
             return {}
         h = dict(num_attention_heads=self.num_attention_heads, key_dim=self.key_dim,
-                 attention_ratio=self.attention_ratio)
+                 attention_ratio=self.attention_ratio, attention_bias_idxs=self.attention_bias_idxs)
         if self.kind == "attention_subsample":
             h.update(stride=self.stride, resolution=self.resolution)
         return h
 
     def shapes(self) -> dict[str, tuple[int, ...]]:
-        """Expected tensor shapes, keyed relative to `self.key`."""
+        """Expected tensor shapes, keyed by their path inside the layer's weights ("projection.linear.weight")."""
         def linear_bn(name, cin, cout):
             bn = {f"{name}.batch_norm.{p}": (cout,) for p in ("weight", "bias", "running_mean", "running_var")}
             return {f"{name}.linear.weight": (cout, cin), **bn}
@@ -242,22 +241,35 @@ class Layer:
                 **linear_bn("projection", H * vd, self.out_dim), **bias}
 
 
-def layer_plan(c: LevitConfig) -> list[list[Layer]]:
-    """The encoder's layers, stage by stage, exactly as HF's LevitStage appends them."""
+@dataclass(frozen=True)
+class Stage:
+    """One stage: its residual blocks on one token grid, then (stages 0 and 1) the downsampling to the next grid."""
+
+    blocks: tuple[Layer, ...]  # depth x (attention, mlp), all (B, R*R, C) -> (B, R*R, C)
+    downsample: tuple[Layer, ...]  # (attention_subsample, mlp): (B, R*R, C) -> (B, R'*R', C'); () for the last
+
+    @property
+    def layers(self) -> tuple[Layer, ...]:
+        """Blocks then downsampling: the order HF's LevitStage holds them in."""
+        return self.blocks + self.downsample
+
+
+def layer_plan(c: LevitConfig) -> tuple[Stage, ...]:
+    """The encoder's layers, stage by stage, in the order HF's LevitStage builds them."""
     stages = []
     for s in range(NUM_STAGES):
-        C, R, layers = c.hidden_sizes[s], c.resolutions[s], []
+        C, R, blocks, downsample = c.hidden_sizes[s], c.resolutions[s], [], []
         for _ in range(c.depths[s]):
-            layers.append(Layer("attention", s, len(layers), C, C, R, num_attention_heads=c.num_attention_heads[s],
+            blocks.append(Layer("attention", C, C, R, num_attention_heads=c.num_attention_heads[s],
                                 key_dim=c.key_dim[s], attention_ratio=c.attention_ratio[s]))
             if c.mlp_ratio[s] > 0:
-                layers.append(Layer("mlp", s, len(layers), C, C, R, hidden_dim=C * c.mlp_ratio[s]))
+                blocks.append(Layer("mlp", C, C, R, hidden_dim=C * c.mlp_ratio[s]))
         if s < NUM_STAGES - 1:  # LevitAttentionSubsample, then an MLP at the new width
             sub, C2 = c.down_ops[s], c.hidden_sizes[s + 1]
-            down = Layer("attention_subsample", s, len(layers), C, C2, R, num_attention_heads=sub.num_attention_heads,
+            down = Layer("attention_subsample", C, C2, R, num_attention_heads=sub.num_attention_heads,
                          key_dim=sub.key_dim, attention_ratio=sub.attention_ratio, stride=sub.stride)
-            layers.append(down)
+            downsample.append(down)
             if sub.mlp_ratio > 0:
-                layers.append(Layer("mlp", s, len(layers), C2, C2, down.resolution_out, hidden_dim=C2 * sub.mlp_ratio))
-        stages.append(layers)
-    return stages
+                downsample.append(Layer("mlp", C2, C2, down.resolution_out, hidden_dim=C2 * sub.mlp_ratio))
+        stages.append(Stage(tuple(blocks), tuple(downsample)))
+    return tuple(stages)

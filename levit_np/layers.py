@@ -1,8 +1,9 @@
 """The readable reference: every LeViT layer as a plain NumPy function over a dict of weights.
 
-Argument names follow the checkpoint keys, so a layer is called as `attention(x, **params[...]["module"], ...)`.
+Argument names follow the weight tree (`checkpoint.load_checkpoint`), so a layer is called as
+`attention(x, **params["stages"][s]["blocks"][i], **layer.hyper())`, `layer` its entry in `config.plan`.
 Shapes use B batch, N tokens (R*R on an R x R grid), C channels, H heads, kd key dim, ar attention ratio.
-Eval-mode BatchNorm is written out explicitly here; the fast path (`kernels.py`) folds it into the weights.
+Eval-mode BatchNorm is written out explicitly here; the fast path (`levit_np/fast/`) folds it into the weights.
 """
 
 from __future__ import annotations
@@ -76,8 +77,8 @@ def attention_bias_idxs(resolution_in, resolution_out=None, stride=1):
     return (dy * R + dx).reshape(Rq * Rq, R * R)  # (Nq, Nk)
 
 
-def attention(x, queries_keys_values, projection, attention_biases, attention_bias_idxs, *,
-              num_attention_heads, key_dim, attention_ratio, output_attentions=False):
+def attention(x, queries_keys_values, projection, attention_biases, *, num_attention_heads, key_dim, attention_ratio,
+              attention_bias_idxs, output_attentions=False):
     # LevitAttention, the residual branch (the caller adds x). Returns (out, probs if output_attentions else None).
     B, N = x.shape[:2]
     H, kd, vd = num_attention_heads, key_dim, attention_ratio * key_dim
@@ -91,8 +92,8 @@ def attention(x, queries_keys_values, projection, attention_biases, attention_bi
     return linear_bn(hardswish(out), **projection), probs if output_attentions else None  # -> (B, N, C)
 
 
-def attention_subsample(x, keys_values, queries, projection, attention_biases, attention_bias_idxs, *,
-                        num_attention_heads, key_dim, attention_ratio, stride, resolution, output_attentions=False):
+def attention_subsample(x, keys_values, queries, projection, attention_biases, *, num_attention_heads, key_dim,
+                        attention_ratio, attention_bias_idxs, stride, resolution, output_attentions=False):
     # LevitAttentionSubsample (no residual): queries from every stride-th cell, keys/values from all cells.
     # (B, R*R, C) -> (B, R'*R', C'), R' = (R - 1) // stride + 1. Returns (out, probs if output_attentions else None).
     B, N, C = x.shape
@@ -119,3 +120,8 @@ def mlp(x, linear_up, linear_down):
 def classification_layer(x, batch_norm, linear):
     # LevitClassificationLayer: BatchNorm1d then Linear with bias: (B, C) -> (B, num_labels)
     return batchnorm(x, **batch_norm) @ linear["weight"].T + linear["bias"]
+
+
+def add(x, branch):
+    # a residual connection: (B, N, C) + (B, N, C)
+    return x + branch

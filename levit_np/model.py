@@ -1,25 +1,22 @@
-"""The LeViT forward pass, top to bottom as in the paper, over a pluggable set of layer functions (a backend).
+"""The LeViT forward pass, top to bottom as in the paper, over a backend (`backend.py`): the layer functions.
 
-`backend="numpy"` runs `layers.py`, the readable reference; `backend="numba"` (the default) runs `kernels.py`, the
-same functions as parallel Numba kernels with BatchNorm folded into the weights. A backend is a module with the same
-layer functions (`patch_embeddings`, `attention`, `attention_subsample`, `mlp`, `classification_layer`), optionally
-`prepare(params, config)`, which turns the checkpoint's weights into the form its functions take, once, at load, and
-optionally `add(x, branch)` for the residual connections.
+`backend="numpy"` runs `layers.py`, the readable reference; `backend="numba"` (the default) runs `levit_np/fast/`,
+the same functions as parallel Numba kernels with BatchNorm folded into the weights.
 """
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from .backend import NAMES as BACKENDS
+from .backend import Backend, get_backend
 from .checkpoint import load_checkpoint
 from .config import LevitConfig
 from .hub import resolve
 
-BACKENDS = {"numpy": "levit_np.layers", "numba": "levit_np.kernels"}
 DTYPES = {"float32": np.float32, "float64": np.float64}
 
 
@@ -36,25 +33,25 @@ class LevitOutput:
     attentions: tuple[np.ndarray, ...] | None = None  # (B, H, Nq, Nk) per attention layer (output_attentions)
 
 
-def levit_forward(pixel_values, params, config, ops, architecture, output_hidden_states=False,
+def levit_forward(pixel_values, params, config, ops: Backend, architecture, output_hidden_states=False,
                   output_attentions=False) -> LevitOutput:
-    """pixel_values (B, 3, S, S) -> LevitOutput. `ops` is the backend module, `params` its prepared weights."""
+    """pixel_values (B, 3, S, S) -> LevitOutput. `ops` is the backend, `params` its prepared weights."""
     x = ops.patch_embeddings(pixel_values, **params["patch_embeddings"], stride=config.stride,
                              padding=config.padding)  # (B, 3, S, S) -> (B, N, C0), N = (S/16)^2
     hidden_states, attentions = [x], []
-    add = getattr(ops, "add", np.add)  # the residual x + branch (a backend may do it in place in the branch)
-    for stage, layers in zip(params["encoder"]["stages"], config.plan, strict=True):
-        for p, layer in zip(stage["layers"], layers, strict=True):
+    for stage, weights in zip(config.plan, params["stages"], strict=True):
+        layers = zip(stage.layers, weights["blocks"] + weights["downsample"], strict=True)
+        for layer, p in layers:
             if layer.kind == "attention":  # x + Attention(x): (B, N, C) -> (B, N, C)
-                out, probs = ops.attention(x, **p["module"], **layer.hyper(), output_attentions=output_attentions)
-                x = add(x, out)
+                out, probs = ops.attention(x, **p, **layer.hyper(), output_attentions=output_attentions)
+                x = ops.add(x, out)
                 attentions.append(probs)
             elif layer.kind == "mlp":  # x + MLP(x): (B, N, C) -> (B, N, C)
-                x = add(x, ops.mlp(x, **p["module"]))
+                x = ops.add(x, ops.mlp(x, **p))
             else:  # downsampling attention, no residual: (B, R*R, C) -> (B, R'*R', C')
                 x, probs = ops.attention_subsample(x, **p, **layer.hyper(), output_attentions=output_attentions)
                 attentions.append(probs)
-        hidden_states.append(x)
+        hidden_states.append(x)  # each stage's output, downsampled for the next (HF's hidden_states)
     pooled = x.mean(axis=1)  # (B, N, C) -> (B, C): global average pooling, no final norm
     out = LevitOutput(last_hidden_state=x, pooler_output=pooled,
                       hidden_states=tuple(hidden_states) if output_hidden_states else None,
@@ -76,17 +73,14 @@ class Levit:
 
     def __init__(self, config: LevitConfig, architecture: str, params: dict, *, backend: str = "numba",
                  dtype=np.float32, name: str | None = None):
-        if backend not in BACKENDS:
-            raise ValueError(f"unknown backend {backend!r}; choose one of {sorted(BACKENDS)}")
+        self._ops = get_backend(backend)
         self.config = config
         self.architecture = architecture
         self.backend = backend
         self.dtype = np.dtype(dtype)
         self.name = name
         self.num_parameters = _count_parameters(params)
-        self._ops = importlib.import_module(BACKENDS[backend])
-        prepare = getattr(self._ops, "prepare", None)
-        self._params = prepare(params, config) if prepare else params
+        self._params = self._ops.prepare(params, config)
 
     def __repr__(self):
         c = self.config
@@ -140,8 +134,8 @@ def from_pretrained(path: str | Path, *, backend: str = "numba", dtype: str = "f
 
 
 def _count_parameters(tree) -> int:
-    """Learnable parameters, as torch counts them: BatchNorm running statistics and index tables are buffers."""
+    """Learnable parameters, as torch counts them: BatchNorm running statistics are buffers."""
     if isinstance(tree, list):
         return sum(_count_parameters(t) for t in tree)
     return sum(_count_parameters(v) if isinstance(v, (dict, list)) else v.size for k, v in tree.items()
-               if k not in ("running_mean", "running_var", "attention_bias_idxs"))
+               if k not in ("running_mean", "running_var"))

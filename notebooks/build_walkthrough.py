@@ -94,7 +94,7 @@ from skimage import data as skdata
 
 import levit_np
 from levit_np import layers
-from levit_np.checkpoint import expected_shapes, load_checkpoint, read_safetensors
+from levit_np.checkpoint import expected_shapes, hf_layer_keys, load_checkpoint, read_safetensors
 from levit_np.config import VARIANTS, LevitConfig, layer_plan
 from levit_np.preprocessing import IMAGENET_MEAN, IMAGENET_STD, resize_shape
 
@@ -143,6 +143,7 @@ meaningless**, but every parity check holds just the same: both implementations 
 
 code(r"""
 from levit_np.hub import WeightsNotFoundError, resolve
+from levit_np.testing import build_hf
 
 try:
     ckpt = resolve("facebook/levit-128S", download=False)  # weights/levit-128S/, then the HF cache; no download
@@ -153,26 +154,9 @@ except WeightsNotFoundError:
 if REAL:
     hf = transformers.LevitForImageClassificationWithTeacher.from_pretrained(ckpt, dtype=torch.float32).eval()
 else:
-    cfg = transformers.LevitConfig(**{k: list(v) for k, v in VARIANTS["128S"].items()}, num_labels=1000,
-                                   drop_path_rate=0)  # transformers 5 validates: an int
-    hf = transformers.LevitForImageClassificationWithTeacher(cfg).eval()
-    g = torch.Generator().manual_seed(0)
-    for name, t in [*hf.named_parameters(), *hf.named_buffers()]:
-        if not t.is_floating_point():
-            continue  # num_batches_tracked, attention_bias_idxs
-        rand, randn = torch.rand(t.shape, generator=g), torch.randn(t.shape, generator=g)
-        if name.endswith("running_var"):
-            t.copy_(0.5 + 1.5 * rand)
-        elif name.endswith("running_mean"):
-            t.copy_(0.2 * randn)
-        elif name.endswith("batch_norm.weight"):
-            t.copy_(0.5 + rand)
-        elif name.endswith(("batch_norm.bias", "linear.bias")):
-            t.copy_(0.2 * randn)
-        elif name.endswith("attention_biases"):
-            t.copy_(randn)
-        else:  # conv / linear weights, scaled 1/sqrt(fan_in) so activations stay O(1) through the network
-            t.copy_(randn / t[0].numel() ** 0.5)
+    # every parameter and buffer redrawn (BN statistics too), scaled so that activations stay O(1)
+    hf = build_hf("LevitForImageClassificationWithTeacher", seed=0, num_labels=1000,
+                  **{k: list(v) for k, v in VARIANTS["128S"].items()})
     ckpt = Path(tempfile.mkdtemp()) / "levit-128S-random"
     hf.save_pretrained(ckpt)
 
@@ -223,7 +207,7 @@ def macs(c):
     for i in range(4):
         side //= 2
         total += side * side * ch[i + 1] * ch[i] * 9
-    for L in (L for stage in layer_plan(c) for L in stage):
+    for L in (L for stage in layer_plan(c) for L in stage.layers):
         N, Nq, C, H, kd = L.resolution ** 2, L.resolution_out ** 2, L.dim, L.num_attention_heads, L.key_dim
         vd = L.attention_ratio * kd
         if L.kind == "mlp":
@@ -310,12 +294,14 @@ md(r"""
 
 A `.safetensors` file is an 8-byte header length, a JSON header (tensor name → dtype, shape, byte range) and the raw
 little-endian bytes. `levit_np.checkpoint` reads it without torch, checks every tensor against the shape the
-config implies (`expected_shapes`), and nests the keys into the dicts the layer functions take:
-`params["encoder"]["stages"][0]["layers"][0]["module"]["queries_keys_values"]["linear"]["weight"]`.
+config implies (`expected_shapes`), and nests the keys into the dicts the layer functions take, in a tree that
+mirrors `config.plan` (HF's layout ends in the loader):
+`params["stages"][0]["blocks"][0]["queries_keys_values"]["linear"]["weight"]`.
 
 Every linear of the encoder is `Linear(bias=False)` + `BatchNorm1d`, so each one stores a weight and four BatchNorm
-vectors (the running mean and variance are statistics, not learned parameters). The residual blocks' weights sit
-under `.module.`; the downsampling attention is not residual and has none.
+vectors (the running mean and variance are statistics, not learned parameters). In the file, the residual blocks'
+weights sit under `.module.` and the downsampling attention (not residual: no `.module.`) closes the previous stage's
+list; in `params` each stage has its `"blocks"` and its `"downsample"`.
 """)
 
 code(r"""
@@ -371,16 +357,21 @@ so the difference must be exactly 0).
 code(r"""
 config, architecture, params = load_checkpoint(ckpt)  # what from_pretrained does: config, class name, nested params
 
-def get(tree, key):  # "encoder.stages.0.layers.0.module.attention_biases" -> the array
-    for part_ in key.split("."):
-        tree = tree[int(part_)] if isinstance(tree, list) else tree[part_]
+def leaf(tree, path):  # "projection.linear.weight" -> the array
+    for part_ in path.split("."):
+        tree = tree[part_]
     return tree
 
 sd = hf.state_dict()
-keys = expected_shapes(config, architecture)
+keys = expected_shapes(config, architecture)  # every HF key (without `levit.`) the file must hold
+pairs = [(leaf(params, k), k) for k in keys if not k.startswith("encoder.")]  # stem and heads: the same path
+layer_weights = [w for stage in params["stages"] for w in stage["blocks"] + stage["downsample"]]
+for (layer, prefix), w in zip(hf_layer_keys(config), layer_weights, strict=True):  # the encoder: one dict a layer
+    pairs += [(leaf(w, name), f"{prefix}.{name}") for name in layer.shapes()]
+assert sorted(k for _, k in pairs) == sorted(keys)
 print(architecture, f"- {len(keys)} tensors")
-check(f"all {len(keys)} tensors", np.concatenate([get(params, k).ravel() for k in keys]),
-      np.concatenate([sd.get("levit." + k, sd.get(k)).numpy().ravel() for k in keys]))
+check(f"all {len(keys)} tensors", np.concatenate([a.ravel() for a, _ in pairs]),
+      np.concatenate([sd.get("levit." + k, sd.get(k)).numpy().ravel() for _, k in pairs]))
 """)
 
 # =====================================================================================================================
@@ -507,7 +498,7 @@ table puts on every key cell for the query ★ on the cat's eye — four mirrore
 """)
 
 code(r"""
-p0 = params["encoder"]["stages"][0]["layers"][0]["module"]  # the first attention block
+p0 = params["stages"][0]["blocks"][0]  # the first attention block
 table = p0["attention_biases"]  # (4, 196)
 bias = table[:, idx]  # (4, 196, 196): what is added to the scores
 lim = np.abs(table).max()
@@ -549,7 +540,7 @@ The block is residual: $x \leftarrow x + \mathrm{Attention}(x)$.
 """)
 
 code(r"""
-blk = layer_plan(config)[0][0]  # Layer(kind="attention", stage=0, index=0, dim=128, ...)
+blk = config.plan[0].blocks[0]  # Layer(kind="attention", dim=128, ...)
 H, kd, vd = blk.num_attention_heads, blk.key_dim, blk.attention_ratio * blk.key_dim
 print(blk)
 
@@ -558,7 +549,7 @@ qkv = layers.linear_bn(x0, **p0["queries_keys_values"])  # (1, 196, 256)
 qkv = qkv.reshape(1, 196, H, 2 * kd + vd).transpose(0, 2, 1, 3)  # (1, 4, 196, 64): per head [q | k | v]
 q_, k_, v_ = qkv[..., :kd], qkv[..., kd:2 * kd], qkv[..., 2 * kd:]  # (1,4,196,16) (1,4,196,16) (1,4,196,32)
 content = q_ @ k_.swapaxes(-1, -2) * kd ** -0.5  # (1, 4, 196, 196)
-position = p0["attention_biases"][:, p0["attention_bias_idxs"]]  # (4, 196, 196)
+position = p0["attention_biases"][:, blk.attention_bias_idxs]  # (4, 196, 196)
 probs = layers.softmax(content + position)  # over keys
 heads = (probs @ v_).transpose(0, 2, 1, 3).reshape(1, 196, H * vd)  # (1, 196, 128), head-major
 branch = layers.linear_bn(layers.hardswish(heads), **p0["projection"])  # (1, 196, 128)
@@ -620,33 +611,34 @@ It is a 1×1 convolution in transformer clothing.
 
 code(r"""
 x1 = x0 + branch  # after the first residual attention
-p1 = params["encoder"]["stages"][0]["layers"][1]["module"]
+p1 = params["stages"][0]["blocks"][1]
 check("layers.mlp vs HF LevitMLPLayer", layers.mlp(x1, **p1), hf.levit.encoder.stages[0].layers[1].module(
     torch.from_numpy(x1)))
 """)
 
 md(r"""
-**A full stage.** `layer_plan(config)` lists the layers of each stage in checkpoint order: `depth` × (attention,
-MLP), both residual, then — for stages 0 and 1 — the downsampling attention (no residual: it changes the shape) and
-an MLP at the new width.
+**A full stage.** `config.plan` (`layer_plan(config)`) lists each stage's `blocks`: `depth` × (attention, MLP), both
+residual; then, for stages 0 and 1, its `downsample`: the downsampling attention (no residual: it changes the shape)
+and an MLP at the new width. The table gives each layer's key prefix in the checkpoint file.
 """)
 
 code(r"""
 rows = ["| key | kind | channels | grid | heads x (d_k, d_v) |", "|---|---|---|---|---|"]
-for L in (L for stage in layer_plan(config) for L in stage):
+for L, key in hf_layer_keys(config):
     hk = (f"{L.num_attention_heads} x ({L.key_dim}, {L.attention_ratio * L.key_dim})" if L.kind != "mlp"
           else f"hidden {L.hidden_dim}")
-    rows.append(f"| `{L.key}` | {L.kind} | {L.dim} → {L.out_dim} | {L.resolution}² → {L.resolution_out}² | {hk} |")
+    rows.append(f"| `{key}` | {L.kind} | {L.dim} → {L.out_dim} | {L.resolution}² → {L.resolution_out}² | {hk} |")
 display(Markdown("\n".join(rows)))
 """)
 
 code(r"""
 h = tokens
-for p, L in zip(params["encoder"]["stages"][0]["layers"], layer_plan(config)[0], strict=True):
+stage0 = params["stages"][0]
+for p, L in zip(stage0["blocks"] + stage0["downsample"], config.plan[0].layers, strict=True):
     if L.kind == "attention":
-        h = h + layers.attention(h, **p["module"], **L.hyper())[0]
+        h = h + layers.attention(h, **p, **L.hyper())[0]
     elif L.kind == "mlp":
-        h = h + layers.mlp(h, **p["module"])
+        h = h + layers.mlp(h, **p)
     else:  # attention_subsample: (1, 196, 128) -> (1, 49, 256)
         sub_in = h  # its input, kept for the check below
         h = layers.attention_subsample(h, **p, **L.hyper())[0]
@@ -662,9 +654,9 @@ $\text{idx} = |2a - c| \cdot 14 + |2b - d|$.
 """)
 
 code(r"""
-sub_i = next(i for i, L in enumerate(layer_plan(config)[0]) if L.kind == "attention_subsample")
-sub_L, sub_p = layer_plan(config)[0][sub_i], params["encoder"]["stages"][0]["layers"][sub_i]
-sub_idx = sub_p["attention_bias_idxs"]  # (49, 196) = layers.attention_bias_idxs(14, 7, stride=2)
+sub_L, sub_p = config.plan[0].downsample[0], params["stages"][0]["downsample"][0]
+sub_i = len(config.plan[0].blocks)  # its index in HF's list of stage 0's layers
+sub_idx = sub_L.attention_bias_idxs  # (49, 196) = layers.attention_bias_idxs(14, 7, stride=2)
 qa = (2, 2)  # query (2, 2) of the 7x7 grid sits on key cell (4, 4)
 qi = qa[0] * 7 + qa[1]
 
@@ -746,9 +738,10 @@ blocks (the downsampling ones have 49 or 16 queries).
 
 code(r"""
 att = out_cat.attentions
-blocks = [L for stage in layer_plan(config) for L in stage if L.kind != "mlp"]  # one per entry of `att`
-for i, (a, L) in enumerate(zip(att, blocks, strict=True)):
-    print(f"attentions[{i:>2}] {L.kind:<20} stage {L.stage}  {a.shape}")
+blocks = [L for stage in config.plan for L in stage.layers if L.kind != "mlp"]  # one per entry of `att`
+stage_of = [s for s, stage in enumerate(config.plan) for L in stage.layers if L.kind != "mlp"]
+for i, (a, L, s) in enumerate(zip(att, blocks, stage_of, strict=True)):
+    print(f"attentions[{i:>2}] {L.kind:<20} stage {s}  {a.shape}")
 """)
 
 md(r"""
@@ -759,7 +752,7 @@ the photo: the cells of the 14×14, 7×7 and 4×4 grids are 16, 32 and 64 px apa
 
 code(r"""
 eye = (80, 70)  # pixel (row, col) of the left eye in the 224 crop
-last = {L.stage: i for i, L in enumerate(blocks) if L.kind == "attention"}  # last residual attention of each stage
+last = {stage_of[i]: i for i, L in enumerate(blocks) if L.kind == "attention"}  # last residual attention of each stage
 fig, axs = plt.subplots(3, 8, figsize=(12, 5))
 for row, (stage, i) in enumerate(last.items()):
     R, a = blocks[i].resolution, att[i][0]
@@ -789,13 +782,14 @@ $\sum_k P_{qk}\,\lVert \text{pos}_q - \text{pos}_k \rVert$ averaged over the que
 code(r"""
 plt.figure(figsize=(7, 3))
 for i, (a, L) in enumerate(zip(att, blocks, strict=True)):
-    R, Rq, cell = L.resolution, L.resolution_out, config.patch_size * 2 ** L.stage  # cell pitch in pixels
+    R, Rq, cell = L.resolution, L.resolution_out, config.patch_size * 2 ** stage_of[i]  # cell pitch in pixels
     kpos = np.stack(np.divmod(np.arange(R * R), R), 1) * cell  # key cell centres (row, col), pixels
     qpos = np.stack(np.divmod(np.arange(Rq * Rq), Rq), 1) * cell * L.stride  # query cells on the key grid
     dist_px = np.linalg.norm(qpos[:, None] - kpos[None], axis=-1)  # (Nq, Nk)
     mean_dist = (a[0] * dist_px).sum(-1).mean(-1)  # (H,)
     plt.scatter(np.full(len(mean_dist), i), mean_dist, c="C1" if L.kind != "attention" else "C0", s=14)
-plt.xticks(range(len(blocks)), [f"s{L.stage}{'↓' if L.kind != 'attention' else ''}" for L in blocks])
+plt.xticks(range(len(blocks)), [f"s{s}{'↓' if L.kind != 'attention' else ''}"
+                                for L, s in zip(blocks, stage_of, strict=True)])
 plt.xlabel("attention block (↓ = downsampling)")
 plt.ylabel("mean attention distance (px)")
 plt.grid(alpha=0.3)
@@ -867,7 +861,7 @@ check("top-5 probabilities", np.array([p for _, p in preds]), hf_top.values)
 """)
 
 md(r"""
-**The Numba backend** (`backend="numba"`, `levit_np/kernels.py`) runs the same forward pass, with every BatchNorm
+**The Numba backend** (`backend="numba"`, `levit_np/fast/`) runs the same forward pass, with every BatchNorm
 folded into the linear or convolution before it and every bias table gathered once, at load, and parallel Numba
 kernels that fuse the small steps (bias, Hardswish, softmax) into the matrix products around them. It must give the
 same answer. Its first call compiles the kernels (cached on disk afterwards).
@@ -909,7 +903,7 @@ for name, run in runners.items():
     rows.append(f"| {name} | {one:.1f} | {eight:.1f} |")
 display(Markdown("\n".join(rows)))
 print(f"{os.cpu_count()} CPUs; torch threads {torch.get_num_threads()}; "
-      f"numba threads {levit_np.kernels.get_num_threads()}")
+      f"numba threads {levit_np.fast.get_num_threads()}")
 """)
 
 # =====================================================================================================================

@@ -1,21 +1,16 @@
-"""Shared test machinery: build HF LeViT models with every parameter and buffer randomised, save them, compare.
-
-HF's default init makes every BatchNorm an identity and every bias zero, which hides exactly the bugs a port makes
-(BN axis, running statistics, bias-table indexing); so every float parameter and buffer is redrawn here.
-"""
+"""Shared test machinery: compare our outputs with HF's. The randomised checkpoints come from `levit_np.testing`."""
 
 from __future__ import annotations
 
 import copy
-import math
 import os
 
 import numpy as np
 import torch
-import transformers
 
 import levit_np
-from levit_np.model import BACKENDS
+from levit_np.backend import NAMES as BACKENDS
+from levit_np.testing import build_hf, hf_config, randomize_, save_hf  # noqa: F401  (the tests' factory)
 
 # Worst relative error allowed, max|ours - HF| / max(1, max|HF|), per output:
 # float32: GEMMs are not bit-reproducible across BLAS libraries (OpenBLAS vs MKL/oneDNN); with weights scaled
@@ -37,56 +32,6 @@ HF_VARIANTS = {
     "256": dict(hidden_sizes=[256, 384, 512], num_attention_heads=[4, 6, 8], depths=[4, 4, 4], key_dim=[32, 32, 32]),
     "384": dict(hidden_sizes=[384, 512, 768], num_attention_heads=[6, 9, 12], depths=[4, 4, 4], key_dim=[32, 32, 32]),
 }
-
-
-def hf_config(num_labels=1000, **kw) -> transformers.LevitConfig:
-    kw.setdefault("drop_path_rate", 0)
-    return transformers.LevitConfig(num_labels=num_labels, **kw)
-
-
-@torch.no_grad()
-def randomize_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Redraw every float parameter and buffer, scaled so activations stay O(1) through the whole network."""
-    g = torch.Generator().manual_seed(seed)
-
-    def draw(t, lo=None, hi=None, std=None):
-        new = (torch.rand(t.shape, generator=g, dtype=torch.float64) * (hi - lo) + lo if std is None
-               else torch.randn(t.shape, generator=g, dtype=torch.float64) * std)
-        t.copy_(new.to(t.dtype))
-
-    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
-        if not t.dtype.is_floating_point:
-            continue  # num_batches_tracked, attention_bias_idxs
-        if name.endswith("running_var"):
-            draw(t, 0.5, 2.0)
-        elif name.endswith("running_mean"):
-            draw(t, std=0.2)
-        elif name.endswith("batch_norm.weight"):
-            draw(t, 0.5, 1.5)
-        elif name.endswith("batch_norm.bias") or name.endswith("linear.bias"):
-            draw(t, std=0.2)
-        elif name.endswith("attention_biases"):
-            draw(t, std=1.0)
-        elif name.endswith("weight"):  # linear (out, in) / conv (out, in, k, k)
-            draw(t, std=1 / math.sqrt(t[0].numel()))
-        else:
-            raise AssertionError(f"randomize_: no rule for {name}")
-    return model
-
-
-def build_hf(cls_name: str = "LevitForImageClassificationWithTeacher", seed: int = 0, num_labels: int = 1000,
-             **config_kw) -> torch.nn.Module:
-    """An eval-mode HF LeViT of class `cls_name` with every parameter and buffer randomised."""
-    cls = getattr(transformers, cls_name)
-    return randomize_(cls(hf_config(num_labels=num_labels, **config_kw)).eval(), seed)
-
-
-def save_hf(model: torch.nn.Module, path, dtype=None) -> str:
-    """save_pretrained (optionally cast to `dtype` first) and return the directory as str."""
-    if dtype is not None:
-        model = model.to(dtype)
-    model.save_pretrained(str(path))
-    return str(path)
 
 
 def random_pixels(batch: int, image_size: int = 224, seed: int = 0, num_channels: int = 3) -> np.ndarray:

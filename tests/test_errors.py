@@ -104,21 +104,34 @@ def test_invalid_config_field_is_named(ckpt, field, value, fragment):
 
 # --- tensors vs config --------------------------------------------------------------------------------------------
 
-def test_missing_tensor_is_named(ckpt):
-    edit_weights(ckpt, lambda t: t.pop(KEY))
-    with raises(ValueError, KEY.removeprefix("levit."), "missing"):
+# Keys are named exactly as the file spells them (quoted), prefix and all; the heads never carry `levit.`
+@pytest.mark.parametrize("key", [KEY, "levit.encoder.stages.0.layers.2.keys_values.batch_norm.bias",
+                                 "levit.patch_embeddings.embedding_layer_1.convolution.weight",
+                                 "classifier_distill.linear.weight"])
+def test_missing_tensor_is_named(ckpt, key):
+    edit_weights(ckpt, lambda t: t.pop(key))
+    with raises(ValueError, f"'{key}'", "missing"):
         levit_np.from_pretrained(ckpt)
+
+
+def test_missing_tensor_of_an_unprefixed_file_is_named_unprefixed(checkpoint, tmp_path):
+    _, path = checkpoint("LevitModel", num_labels=10, **SMALL)  # a bare LevitModel: no `levit.` prefix
+    shutil.copytree(path, tmp_path / "ckpt")
+    key = KEY.removeprefix("levit.")
+    edit_weights(tmp_path / "ckpt", lambda t: t.pop(key))
+    with raises(ValueError, f"'{key}'", "missing"):
+        levit_np.from_pretrained(tmp_path / "ckpt")
 
 
 def test_wrong_shape_names_key_expected_and_found(ckpt):
     edit_weights(ckpt, lambda t: t.__setitem__(KEY, np.zeros((5, 32), np.float32)))
-    with raises(ValueError, KEY.removeprefix("levit."), "(5, 32)", "(64, 32)"):  # 2 heads * (8+8+16) = 64
+    with raises(ValueError, f"'{KEY}'", "(5, 32)", "(64, 32)"):  # 2 heads * (8+8+16) = 64
         levit_np.from_pretrained(ckpt)
 
 
 def test_integer_tensor_is_refused(ckpt):
     edit_weights(ckpt, lambda t: t.__setitem__(KEY, t[KEY].astype(np.int32)))
-    with raises(ValueError, KEY.removeprefix("levit."), "I32"):
+    with raises(ValueError, f"'{KEY}'", "I32"):
         levit_np.from_pretrained(ckpt)
 
 

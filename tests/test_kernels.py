@@ -1,4 +1,4 @@
-"""The numba backend (levit_np/kernels.py) against its NumPy twins (levit_np/layers.py), kernel by kernel.
+"""The numba backend (levit_np/fast/) against its NumPy twins (levit_np/layers.py), kernel by kernel.
 
 Random weights and BatchNorm statistics, so that BatchNorm folding is really exercised. The shapes are small enough
 that this file also runs as plain Python under NUMBA_DISABLE_JIT=1, which CI does too, to cover the kernel bodies
@@ -15,9 +15,10 @@ import pytest
 import safetensors.numpy
 
 import levit_np
-from levit_np import kernels, layers
+from levit_np import layers
 from levit_np.checkpoint import expected_shapes
-from levit_np.config import LevitConfig, Subsample
+from levit_np.config import Layer, LevitConfig, Subsample
+from levit_np.fast import blas, kernels, llvm_ir, weights
 
 JIT = not numba.config.DISABLE_JIT
 DTYPES = [np.float32, np.float64]
@@ -58,14 +59,11 @@ class Rand:
 
     def attention(self, C, H, kd, ar, R):
         return {"queries_keys_values": self.linear_bn(C, H * (2 * kd + ar * kd)),
-                "projection": self.linear_bn(H * ar * kd, C), "attention_biases": self(H, R * R),
-                "attention_bias_idxs": layers.attention_bias_idxs(R)}
+                "projection": self.linear_bn(H * ar * kd, C), "attention_biases": self(H, R * R)}
 
-    def attention_subsample(self, C, C2, H, kd, ar, R, stride):
-        Rq = (R - 1) // stride + 1
+    def attention_subsample(self, C, C2, H, kd, ar, R):
         return {"keys_values": self.linear_bn(C, H * (kd + ar * kd)), "queries": self.linear_bn(C, H * kd),
-                "projection": self.linear_bn(H * ar * kd, C2), "attention_biases": self(H, R * R),
-                "attention_bias_idxs": layers.attention_bias_idxs(R, Rq, stride)}
+                "projection": self.linear_bn(H * ar * kd, C2), "attention_biases": self(H, R * R)}
 
 
 # --- load time ----------------------------------------------------------------------------------------------------
@@ -73,7 +71,7 @@ class Rand:
 def test_fold_batchnorm_conv_equals_conv_then_batchnorm():
     r = Rand(np.float64)
     p, x = r.conv_bn(5, 7), r(2, 5, 9, 9)
-    w, b = kernels.fold_batchnorm(p["convolution"]["weight"], p["batch_norm"])
+    w, b = weights.fold_batchnorm(p["convolution"]["weight"], p["batch_norm"])
     folded = layers.conv2d(x, w) + b[:, None, None]
     assert_close(folded, layers.conv_bn(x, **p), np.float64)
 
@@ -81,7 +79,7 @@ def test_fold_batchnorm_conv_equals_conv_then_batchnorm():
 def test_fold_batchnorm_linear_equals_linear_then_batchnorm():
     r = Rand(np.float64)
     p, x = r.linear_bn(6, 11), r(2, 4, 6)
-    w, b = kernels.fold_batchnorm(p["linear"]["weight"], p["batch_norm"])
+    w, b = weights.fold_batchnorm(p["linear"]["weight"], p["batch_norm"])
     assert_close(x @ w.T + b, layers.linear_bn(x, **p), np.float64)
 
 
@@ -89,7 +87,7 @@ def test_fold_batchnorm_before_equals_batchnorm_then_linear():
     r = Rand(np.float64)
     p = {"batch_norm": r.batch_norm(6), "linear": {"weight": r(3, 6), "bias": r(3)}}
     x = r(4, 6)
-    w, b = kernels.fold_batchnorm_before(p["linear"], p["batch_norm"])
+    w, b = weights.fold_batchnorm_before(p["linear"], p["batch_norm"])
     assert_close(x @ w.T + b, layers.classification_layer(x, **p), np.float64)
 
 
@@ -99,7 +97,7 @@ def test_prepare_leaves_the_checkpoint_unchanged(tmp_path):
 
     config, _, params = load_checkpoint(path)
     before = [a.copy() for a in leaves(params)]
-    kernels.prepare(params, config)
+    weights.prepare(params, config)
     assert all(np.array_equal(a, b) for a, b in zip(leaves(params), before, strict=True))
 
 
@@ -124,7 +122,7 @@ def test_gemm_on_strided_views(dtype, transpose_a, transpose_b):
     a = big_a[2:2 + K, 3:3 + M] if transpose_a else big_a[2:2 + M, 3:3 + K]  # rows 30 apart
     b = big_b[1:1 + N, 4:4 + K] if transpose_b else big_b[1:1 + K, 4:4 + N]
     c = big_c[5:5 + M, 7:7 + N]
-    kernels._gemm(a, b, c, transpose_a, transpose_b)
+    blas.gemm(a, b, c, transpose_a, transpose_b)
     assert_close(c, (a.T if transpose_a else a) @ (b.T if transpose_b else b), dtype)
     assert np.isnan(big_c[:5]).all() and np.isnan(big_c[:, :7]).all()  # nothing written outside the view
 
@@ -132,12 +130,13 @@ def test_gemm_on_strided_views(dtype, transpose_a, transpose_b):
 @pytest.mark.parametrize("K,N", [(5, 3), (9, 64), (7, 130)])
 def test_pack_panels(K, N):
     w = Rand(np.float32)(K, N)
-    panels = kernels.pack_panels(w)
-    P = -(-N // kernels.PANEL)
-    assert panels.shape == (P, K, kernels.PANEL) and panels.flags.c_contiguous
-    assert panels.ctypes.data % kernels.PANEL_ALIGN == 0
+    packed = weights.pack_panels(w)
+    panels, P = packed.data, -(-N // weights.PANEL)
+    assert packed.columns == N
+    assert panels.shape == (P, K, weights.PANEL) and panels.flags.c_contiguous
+    assert panels.ctypes.data % weights.PANEL_ALIGN == 0
     np.testing.assert_array_equal(np.concatenate(list(panels), axis=1)[:, :N], w)  # the columns, in order
-    assert not panels[-1][:, N - (P - 1) * kernels.PANEL:].any()  # the padding is zero
+    assert not panels[-1][:, N - (P - 1) * weights.PANEL:].any()  # the padding is zero
 
 
 # float32 runs the packed micro-kernel: rows not a multiple of MICRO_ROWS, fewer than it (1), N short of a panel (3,
@@ -148,9 +147,9 @@ def test_pack_panels(K, N):
 def test_linear_kernel(dtype, M, K, N):
     r = Rand(dtype)
     p, x = r.linear_bn(K, N), r(M, K)
-    prepared = kernels._fold_linear(p)
-    assert_close(kernels._linear(x, prepared), layers.linear_bn(x, **p), dtype)
-    assert_close(kernels._linear(x, prepared, activate=True), layers.hardswish(layers.linear_bn(x, **p)), dtype)
+    prepared = weights.fold_linear(**p)
+    assert_close(kernels.linear_bn(x, **prepared), layers.linear_bn(x, **p), dtype)
+    assert_close(kernels.linear_bn(x, **prepared, activate=True), layers.hardswish(layers.linear_bn(x, **p)), dtype)
 
 
 # --- layers -------------------------------------------------------------------------------------------------------
@@ -163,7 +162,7 @@ def test_patch_embeddings(dtype, batch, C0, size):
     chans = [3, C0 // 8, C0 // 4, C0 // 2, C0]
     p = {f"embedding_layer_{i + 1}": r.conv_bn(chans[i], chans[i + 1]) for i in range(4)}
     x = r(batch, 3, size, size)
-    ours = kernels.patch_embeddings(x, **kernels.fold_patch_embeddings(p))
+    ours = kernels.patch_embeddings(x, **weights.fold_patch_embeddings(**p))
     assert_close(ours, layers.patch_embeddings(x, **p), dtype)
 
 
@@ -174,8 +173,9 @@ def test_attention(dtype, R, output_attentions):
     r = Rand(dtype)
     C, H, kd, ar = 12, 3, 4, 2
     p, x = r.attention(C, H, kd, ar, R), r(2, R * R, C)
-    hyper = dict(num_attention_heads=H, key_dim=kd, attention_ratio=ar, output_attentions=output_attentions)
-    ours, ours_probs = kernels.attention(x, **kernels.prepare_layer("attention", {"module": p})["module"], **hyper)
+    layer = Layer("attention", C, C, R, num_attention_heads=H, key_dim=kd, attention_ratio=ar)
+    hyper = dict(layer.hyper(), output_attentions=output_attentions)
+    ours, ours_probs = kernels.attention(x, **weights.prepare_layer(layer, p), **hyper)
     ref, ref_probs = layers.attention(x, **p, **hyper)
     assert_close(ours, ref, dtype)
     if output_attentions:
@@ -190,10 +190,11 @@ def test_attention(dtype, R, output_attentions):
 def test_attention_subsample(dtype, R, output_attentions):
     r = Rand(dtype)
     C, C2, H, kd, ar, stride = 8, 12, 2, 4, 3, 2
-    p, x = r.attention_subsample(C, C2, H, kd, ar, R, stride), r(2, R * R, C)
-    hyper = dict(num_attention_heads=H, key_dim=kd, attention_ratio=ar, stride=stride, resolution=R,
-                 output_attentions=output_attentions)
-    ours, ours_probs = kernels.attention_subsample(x, **kernels.prepare_layer("attention_subsample", p), **hyper)
+    p, x = r.attention_subsample(C, C2, H, kd, ar, R), r(2, R * R, C)
+    layer = Layer("attention_subsample", C, C2, R, num_attention_heads=H, key_dim=kd, attention_ratio=ar,
+                  stride=stride)
+    hyper = dict(layer.hyper(), output_attentions=output_attentions)
+    ours, ours_probs = kernels.attention_subsample(x, **weights.prepare_layer(layer, p), **hyper)
     ref, ref_probs = layers.attention_subsample(x, **p, **hyper)
     Rq = (R - 1) // stride + 1
     assert ref.shape == (2, Rq * Rq, C2)
@@ -210,8 +211,9 @@ def test_softmax_is_stable_for_huge_logits(dtype):
     C, H, kd, ar, R = 8, 2, 4, 2, 3
     p, x = r.attention(C, H, kd, ar, R), r(1, R * R, C)
     p["attention_biases"] = p["attention_biases"] * 1000  # logits in the thousands: exp overflows without the max
-    hyper = dict(num_attention_heads=H, key_dim=kd, attention_ratio=ar, output_attentions=True)
-    ours, probs = kernels.attention(x, **kernels.prepare_layer("attention", {"module": p})["module"], **hyper)
+    layer = Layer("attention", C, C, R, num_attention_heads=H, key_dim=kd, attention_ratio=ar)
+    hyper = dict(layer.hyper(), output_attentions=True)
+    ours, probs = kernels.attention(x, **weights.prepare_layer(layer, p), **hyper)
     ref, ref_probs = layers.attention(x, **p, **hyper)
     assert np.isfinite(ours).all()
     assert_close(probs, ref_probs, dtype)
@@ -222,14 +224,15 @@ def test_softmax_is_stable_for_huge_logits(dtype):
 def test_mlp(dtype):
     r = Rand(dtype)
     p, x = {"linear_up": r.linear_bn(8, 16), "linear_down": r.linear_bn(16, 8)}, r(3, 10, 8)
-    assert_close(kernels.mlp(x, **kernels.prepare_layer("mlp", {"module": p})["module"]), layers.mlp(x, **p), dtype)
+    layer = Layer("mlp", 8, 8, 1, hidden_dim=16)
+    assert_close(kernels.mlp(x, **weights.prepare_layer(layer, p)), layers.mlp(x, **p), dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_classification_layer(dtype):
     r = Rand(dtype)
     p, x = {"batch_norm": r.batch_norm(8), "linear": {"weight": r(5, 8), "bias": r(5)}}, r(3, 8)
-    assert_close(kernels.classification_layer(x, **kernels._fold_classifier(p)),
+    assert_close(kernels.classification_layer(x, **weights.fold_classifier(**p)),
                  layers.classification_layer(x, **p), dtype)
 
 
@@ -300,7 +303,8 @@ def test_whole_model_matches_numpy_backend(tmp_path, dtype):
 @pytest.mark.skipif(not JIT, reason="compiles nothing under NUMBA_DISABLE_JIT")
 def test_batch_sizes_share_one_compilation(tmp_path):
     model = levit_np.from_pretrained(write_checkpoint(tmp_path, TINY), backend="numba")
-    dispatchers = [v for v in vars(kernels).values() if isinstance(v, numba.core.registry.CPUDispatcher)]
+    dispatchers = [v for module in (kernels, blas, llvm_ir) for v in vars(module).values()
+                   if isinstance(v, numba.core.registry.CPUDispatcher)]
     model(Rand(np.float32)(1, 3, 48, 48))
     before = {d: len(d.signatures) for d in dispatchers}
     for batch in (2, 7, 33):
@@ -309,10 +313,10 @@ def test_batch_sizes_share_one_compilation(tmp_path):
 
 
 def test_set_num_threads():
-    n = kernels.get_num_threads()
+    n = blas.get_num_threads()
     try:
         levit_np.set_num_threads(1)
-        assert kernels.get_num_threads() == 1
+        assert blas.get_num_threads() == 1
     finally:
         levit_np.set_num_threads(n)
     for bad in (0, numba.config.NUMBA_NUM_THREADS + 1):

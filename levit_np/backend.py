@@ -1,0 +1,57 @@
+"""What a backend is: the layer functions `model.levit_forward` calls, and how it prepares its weights, once.
+
+Two backends fill it in: "numpy", the readable reference (`layers.py`), and "numba", the fast path
+(`levit_np/fast/`), which folds every BatchNorm into the weights at load and runs parallel Numba kernels. Twin
+functions take the same arguments, named after the weight tree (`checkpoint.load_checkpoint`) plus the layer's
+hyper-parameters (`config.Layer.hyper`); only the *form* of the weights differs, which is what `prepare` produces.
+
+To add a backend: write the seven functions below, build a `Backend` of them, and name it in `get_backend`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from . import layers
+
+NAMES = ("numba", "numpy")  # "numba" is the default
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    # params (the checkpoint's weight tree), config -> the tree this backend's functions take; called once, at load
+    prepare: Callable
+    # pixel_values (B, 3, S, S), **params["patch_embeddings"], stride, padding -> tokens (B, N, C0)
+    patch_embeddings: Callable
+    # x (B, N, C), **layer weights, **layer.hyper(), output_attentions -> (branch (B, N, C), probs or None)
+    attention: Callable
+    # x (B, R*R, C), **layer weights, **layer.hyper(), output_attentions -> ((B, R'*R', C'), probs or None)
+    attention_subsample: Callable
+    # x (B, N, C), **layer weights -> branch (B, N, C)
+    mlp: Callable
+    # pooled (B, C), **params[head] -> logits (B, num_labels)
+    classification_layer: Callable
+    # x, branch (B, N, C) -> x + branch (a backend may write it into `branch`)
+    add: Callable
+
+
+def _weights_as_they_are(params, config):
+    return params
+
+
+NUMPY = Backend("numpy", prepare=_weights_as_they_are, patch_embeddings=layers.patch_embeddings,
+                attention=layers.attention, attention_subsample=layers.attention_subsample, mlp=layers.mlp,
+                classification_layer=layers.classification_layer, add=layers.add)
+
+
+def get_backend(name: str) -> Backend:
+    """The backend called `name` ("numba" or "numpy"); imports Numba only for "numba"."""
+    if name == "numpy":
+        return NUMPY
+    if name == "numba":
+        from .fast import BACKEND
+
+        return BACKEND
+    raise ValueError(f"unknown backend {name!r}; choose one of {sorted(NAMES)}")

@@ -1,0 +1,19 @@
+"""The fast path (`backend="numba"`): Numba twins of the `layers.py` functions over weights prepared at load.
+
+    jit.py       JIT settings, and the plain-Python stand-ins used under NUMBA_DISABLE_JIT=1
+    blas.py      the BLAS called from inside the kernels, and thread control
+    llvm_ir.py   hand-written LLVM IR: the float32 GEMM micro-kernel, a vectorisable max and 2^n
+    weights.py   load time, plain NumPy: BatchNorm folding, panel packing, bias gathering
+    kernels.py   the dense, conv and attention kernels, each behind its documented twin
+"""
+
+from ..backend import Backend
+from .blas import get_num_threads, set_num_threads
+from .kernels import add, attention, attention_subsample, classification_layer, mlp, patch_embeddings
+from .weights import prepare
+
+BACKEND = Backend("numba", prepare=prepare, patch_embeddings=patch_embeddings, attention=attention,
+                  attention_subsample=attention_subsample, mlp=mlp, classification_layer=classification_layer,
+                  add=add)
+
+__all__ = ["BACKEND", "get_num_threads", "set_num_threads"]

@@ -1,0 +1,419 @@
+"""The Numba kernels of the fast path, each behind the documented twin of a `layers.py` function it replaces.
+
+One thread pool does all the work. Every kernel is a `prange` loop over independent tiles (row chunks x weight
+panels of a dense layer, output rows of a conv, (image, head) pairs of an attention), each finished while it is
+still in cache: bias, Hardswish, im2col, softmax. The weights arrive in the form `weights.prepare` gives them:
+BatchNorm folded in, float32 weights packed into `Panels` for the micro-kernel (`llvm_ir.micro_gemm`), float64
+ones as plain (K, N) matrices for the BLAS (`blas.gemm`), which also does the attention products and the first conv.
+
+Kernels are compiled per dtype (float32 / float64), never per shape: batch sizes 1..256 share one compilation.
+Inner loops run over 1-D views, which LLVM vectorises. Shapes: B batch, N tokens, C channels, H heads, kd key dim,
+vd = attention_ratio * kd value dim, Nq/Nk query/key tokens, M = B*N rows of a token-wise GEMM.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+from numba import prange
+
+from .blas import gemm, one_blas_thread
+from .jit import helper, kernel
+from .llvm_ir import MICRO_ROWS, fast_max, micro_gemm, pow2
+from .weights import PANEL, Panels
+
+# Rows per BLAS tile of a dense layer: at most 256 (the tile stays in L2 for its epilogue); at least 64, below which
+# it pays to split the columns instead: every tile's BLAS call repacks all of the weights it touches.
+TILE_ROWS = (64, 256)
+X_CHUNK_BYTES = 1 << 18  # x rows per micro-kernel task: at most this many bytes (they stay in L2 while panels pass)
+CONV_TILE_PIXELS = 256  # output pixels per conv tile, so that its im2col stays in L2
+STEM_CHUNK = 4  # images per pass through the conv stem, so that their activations stay in L3
+
+
+# --- element-wise helpers ----------------------------------------------------------------------------------------
+
+@helper
+def _hardswish(v):
+    # twin of layers.hardswish, on a scalar: x * relu6(x + 3) / 6 in x's own precision (a bare 3 would promote
+    # float32 to float64)
+    t = type(v)
+    return v * min(max(v + t(3), t(0)), t(6)) / t(6)
+
+
+@helper
+def _exp_nonpositive(x):
+    # the exp of layers.softmax: e^x for float32 x <= 0 without a libm call, so that a loop over it vectorises
+    # (~1 ulp; the float64 kernels use math.exp). Cody-Waite: x = n ln2 + r, |r| <= ln2/2; e^r by Cephes' expf
+    # polynomial; 2^n from its bits. Below -87.3, where e^x < 2^-126 would be a denormal, it is flushed to ~1e-38.
+    t = type(x)
+    x = fast_max(x, t(-87.3))
+    n = np.int32(x * t(1.4426950408889634) - t(0.5))  # round(x / ln2), x <= 0 (the cast truncates toward 0)
+    fn = t(n)
+    r = x - fn * t(0.693359375) - fn * t(-2.12194440e-4)  # x - n ln2, ln2 split in two for exactness
+    p = t(1.9875691500e-4) * r + t(1.3981999507e-3)
+    p = p * r + t(8.3334519073e-3)
+    p = p * r + t(4.1665795894e-2)
+    p = p * r + t(1.6666665459e-1)
+    p = p * r + t(5.0000001201e-1)
+    p = p * r * r + r + t(1)  # e^r
+    return p * pow2(n)  # e^r * 2^n
+
+
+@helper
+def _bias_act(y, bias, activate):
+    # one row (n,) of an output tile, in place: y += bias (n,) unless bias is None, then Hardswish if activate.
+    # 1-D views, so that LLVM vectorises the loop (it does not for the same loop written with 2-D indexing)
+    if bias is None:
+        if activate:
+            for c in range(y.size):
+                y[c] = _hardswish(y[c])
+    elif activate:
+        for c in range(y.size):
+            y[c] = _hardswish(y[c] + bias[c])
+    else:
+        for c in range(y.size):
+            y[c] += bias[c]
+
+
+@kernel(parallel=True)
+def _add_kernel(x, out):
+    # out (M, C) += x (M, C), rows in parallel
+    for r in prange(x.shape[0]):
+        xr, o = x[r], out[r]  # (C,), (C,)
+        for c in range(o.size):
+            o[c] += xr[c]
+
+
+def add(x, branch):
+    """Twin of layers.add, the residual connection x + branch, written into `branch` (a layer's fresh output) by all
+    threads: (B, N, C)."""
+    _add_kernel(x.reshape(-1, x.shape[-1]), branch.reshape(-1, branch.shape[-1]))
+    return branch
+
+
+# --- dense layers: tiled GEMM + epilogue --------------------------------------------------------------------------
+
+@helper(inline=False)
+def _blas_tiles(M, N, threads):
+    # split an (M, N) GEMM output into (row tiles, column tiles): rows in TILE_ROWS, at least one tile per thread
+    lo, hi = TILE_ROWS
+    mt = min(-(-M // lo), max(threads, -(-M // hi)))
+    if mt >= threads:
+        return -(-mt // threads) * threads, 1  # a multiple of the thread count, for balance
+    # few rows (small batch, late stages): split the columns too, into 64-wide tiles, which OpenBLAS multiplies up to
+    # twice as fast as wider ones when the rows are few
+    return mt, max(-(-threads // mt), -(-N // 64))
+
+
+@kernel(parallel=True)
+def _dense_blas_kernel(x, weight, bias, activate, out, threads):
+    # out (M, N) = act(x (M, K) @ weight (K, N) + bias (N,)); tile by tile: one BLAS call, then bias/act in cache
+    M, N = out.shape
+    mt, nt = _blas_tiles(M, N, threads)
+    rows = -(-M // mt)  # ceil(M / mt)
+    cols = -(-N // (16 * nt)) * 16  # ceil(N / nt), rounded up to whole AVX-512 vectors
+    for t in prange(mt * nt):
+        r0, c0 = (t // nt) * rows, (t % nt) * cols
+        r1, c1 = min(M, r0 + rows), min(N, c0 + cols)
+        if r0 >= r1 or c0 >= c1:
+            continue
+        gemm(x[r0:r1], weight[:, c0:c1], out[r0:r1, c0:c1], False, False)  # (r, K) @ (K, c) -> (r, c)
+        for r in range(r0, r1):
+            _bias_act(out[r, c0:c1], bias[c0:c1], activate)  # (c,) while the tile is in cache
+
+
+@helper(inline=False)
+def _panel_product(x, panel, out, bias, activate):
+    # out (m, cols) = act(x (m, K) @ panel (K, PANEL)[:, :cols] [+ bias (cols,)]), float32, cols <= PANEL: micro-tile
+    # by micro-tile, each written straight into `out` and finished while in cache; a ragged edge (the last
+    # < MICRO_ROWS rows, or cols < PANEL) goes through a small buffer instead
+    m, cols = out.shape
+    for r0 in range(0, m, MICRO_ROWS):
+        rows = min(MICRO_ROWS, m - r0)
+        if rows == MICRO_ROWS and cols == PANEL:
+            micro_gemm(x[r0:r0 + MICRO_ROWS], panel, out[r0:r0 + MICRO_ROWS])  # (MICRO_ROWS, PANEL)
+        else:
+            edge = np.zeros((MICRO_ROWS, x.shape[1]), x.dtype)  # (MICRO_ROWS, K), rows past the end zero
+            edge[:rows] = x[r0:r0 + rows]
+            tile = np.empty((MICRO_ROWS, PANEL), x.dtype)  # (MICRO_ROWS, PANEL)
+            micro_gemm(edge, panel, tile)
+            out[r0:r0 + rows] = tile[:rows, :cols]
+        for r in range(r0, r0 + rows):
+            _bias_act(out[r], bias, activate)  # (cols,) while the micro-tile is in cache
+
+
+@kernel(parallel=True)
+def _dense_packed_kernel(x, panels, bias, activate, out, threads):
+    # out (M, N) = act(x (M, K) @ weight + bias (N,)), float32, the weight packed as panels (P, K, PANEL).
+    # One task = a chunk of x rows (<= X_CHUNK_BYTES, kept in L2) times one panel; the tasks of one chunk are
+    # adjacent, so that each thread keeps its x rows in cache while the panels stream past.
+    M, N = out.shape
+    P, K, _ = panels.shape
+    blocks = -(-M // MICRO_ROWS)  # micro-tiles down the rows
+    chunks = -(-blocks * MICRO_ROWS * K * x.itemsize // X_CHUNK_BYTES)  # chunks of x that fit in L2 ...
+    chunks = max(chunks, -(-2 * threads // P))  # ... and at least 2 tasks per thread
+    while (chunks * P) % threads and chunks < blocks:  # whole rounds of tasks: static scheduling, balanced
+        chunks += 1
+    chunks = min(chunks, blocks)
+    rows = -(-blocks // chunks) * MICRO_ROWS  # equal chunks (the last one may be shorter, or empty)
+    for t in prange(chunks * P):
+        r0, c0 = (t // P) * rows, (t % P) * PANEL
+        r1, c1 = min(M, r0 + rows), min(N, c0 + PANEL)
+        if r0 >= r1:
+            continue
+        _panel_product(x[r0:r1], panels[t % P], out[r0:r1, c0:c1], bias[c0:c1], activate)
+
+
+def linear_bn(x, weight, bias, activate=False):
+    """Twin of layers.linear_bn [+ layers.hardswish], its BatchNorm folded into (weight, bias): (..., K) -> (..., N).
+    weight: `Panels` (float32, our micro-kernel) or a (K, N) matrix (float64, BLAS)."""
+    x2 = np.ascontiguousarray(x.reshape(-1, x.shape[-1]))  # (M, K), rows adjacent
+    out = np.empty((x2.shape[0], bias.shape[0]), x.dtype)  # (M, N)
+    if isinstance(weight, Panels):
+        _dense_packed_kernel(x2, weight.data, bias, activate, out, numba.get_num_threads())
+    else:
+        _dense_blas_kernel(x2, weight, bias, activate, out, numba.get_num_threads())
+    return out.reshape(*x.shape[:-1], out.shape[-1])
+
+
+@one_blas_thread
+def mlp(x, linear_up, linear_down):
+    """Twin of layers.mlp (the residual branch): (B, N, C) -> (B, N, C*r) -> Hardswish -> (B, N, C)."""
+    return linear_bn(linear_bn(x, **linear_up, activate=True), **linear_down)
+
+
+@one_blas_thread
+def classification_layer(x, weight, bias):
+    """Twin of layers.classification_layer with its BatchNorm folded in: (B, C) -> (B, num_labels)."""
+    return linear_bn(x, weight, bias)
+
+
+# --- conv stem: im2col tile + GEMM + bias/Hardswish ---------------------------------------------------------------
+
+@helper
+def _im2col(x, b, oy0, oy1, kernel_size, stride, padding, cols):
+    # cols ((oy1 - oy0) * Wo, k*k*Cin + 1), zeroed = image b's receptive fields of output rows oy0..oy1, in
+    # (ky, kx, cin) order, then a 1 for the bias row of the weight; x (B, H, W, Cin) channels-last
+    _, H, W, Cin = x.shape
+    k = kernel_size
+    KK = cols.shape[1]  # k*k*Cin + 1
+    Wo = cols.shape[0] // (oy1 - oy0)
+    for oy in range(oy0, oy1):
+        dst = cols[(oy - oy0) * Wo:(oy - oy0 + 1) * Wo].reshape(Wo * KK)  # this output row's im2col rows, flat
+        for ox in range(Wo):
+            dst[np.uint64(ox * KK + KK - 1)] = 1  # times the bias row of the weight
+        for ky in range(k):
+            iy = oy * stride + ky - padding
+            if iy < 0 or iy >= H:
+                continue
+            src = x[b, iy].reshape(W * Cin)  # one input row, channels-last, flat
+            for kx in range(k):
+                lo = min(Wo, max(0, -(-(padding - kx) // stride)))  # first ox whose input column ix >= 0
+                hi = max(lo, min(Wo, (W - 1 + padding - kx) // stride + 1))  # past the last with ix < W
+                for ox in range(lo, hi):  # copy pixel (iy, ix)'s Cin channels; unsigned: no wraparound checks
+                    s0 = np.uint64((ox * stride + kx - padding) * Cin)
+                    d0 = np.uint64(ox * KK + (ky * k + kx) * Cin)
+                    for c in range(Cin):
+                        dst[d0 + np.uint64(c)] = src[s0 + np.uint64(c)]
+
+
+@helper
+def _im2col_transposed(x, b, oy0, oy1, kernel_size, stride, padding, cols):
+    # cols (k*k*Cin + 1, (oy1 - oy0) * Wo), zeroed = the transpose of _im2col's tile, for channels-first x
+    # (B, Cin, H, W): each row of it is a strided copy of an input row, not Cin-long pixels (the first conv, Cin = 3)
+    _, Cin, H, W = x.shape
+    k = kernel_size
+    Wo = cols.shape[1] // (oy1 - oy0)
+    for ky in range(k):
+        for kx in range(k):
+            lo = min(Wo, max(0, -(-(padding - kx) // stride)))  # first ox whose input column ix >= 0
+            hi = max(lo, min(Wo, (W - 1 + padding - kx) // stride + 1))  # past the last with ix < W
+            for ci in range(Cin):
+                tap = cols[(ky * k + kx) * Cin + ci]  # (tile pixels,)
+                for oy in range(oy0, oy1):
+                    iy = oy * stride + ky - padding
+                    if 0 <= iy < H:
+                        src = x[b, ci, iy, lo * stride + kx - padding:]  # input row from ox = lo's column
+                        dst = tap[(oy - oy0) * Wo + lo:(oy - oy0) * Wo + hi]  # (hi - lo,)
+                        for j in range(dst.size):  # a strided copy; unsigned index: no negative-index check
+                            dst[j] = src[np.uint64(j) * np.uint64(stride)]
+    ones = cols[k * k * Cin]  # (tile pixels,) times the bias row of the weight
+    for p in range(ones.size):
+        ones[p] = 1
+
+
+@kernel(parallel=True)
+def _conv_kernel(x, channels_first, matrix, panels, kernel_size, stride, padding, activate, out, threads):
+    # twin of layers.conv_bn [+ layers.hardswish]: out (B, Ho, Wo, Cout) = act(conv(x) + bias), x (B, Cin, H, W)
+    # if channels_first else (B, H, W, Cin). The weight, in (ky, kx, cin) order with the bias as its last row, is
+    # either panels (P, k*k*Cin + 1, PANEL) for the micro-kernel (float32, channels-last), or, if panels is empty,
+    # the matrix (k*k*Cin + 1, Cout) for the BLAS. One tile = a block of output rows of one image: its im2col, the
+    # GEMM, then Hardswish over the output tile while it is in cache.
+    B = x.shape[0]
+    _, Ho, Wo, Cout = out.shape
+    packed = panels.shape[0] > 0
+    KK = panels.shape[1] if packed else matrix.shape[0]  # k*k*Cin + 1
+    out2 = out.reshape(B * Ho * Wo, Cout)  # (pixels, Cout)
+    flat = out.reshape(B * Ho * Wo * Cout)  # the same memory, 1-D, for the element-wise epilogue
+    rows = max(1, min(CONV_TILE_PIXELS // Wo, -(-B * Ho // threads)))  # output rows per tile: enough tiles
+    blocks = -(-Ho // rows)  # tiles per image
+    for t in prange(B * blocks):
+        b, oy0 = t // blocks, (t % blocks) * rows
+        oy1 = min(Ho, oy0 + rows)
+        p0, p1 = (b * Ho + oy0) * Wo, (b * Ho + oy1) * Wo
+        if channels_first:
+            cols_t = np.zeros((KK, p1 - p0), x.dtype)  # (k*k*Cin + 1, tile pixels)
+            _im2col_transposed(x, b, oy0, oy1, kernel_size, stride, padding, cols_t)
+            gemm(cols_t, matrix, out2[p0:p1], True, False)  # (k*k*Cin+1, pixels)ᵀ @ (k*k*Cin+1, Cout)
+        else:
+            cols = np.zeros((p1 - p0, KK), x.dtype)  # (tile pixels, k*k*Cin + 1)
+            _im2col(x, b, oy0, oy1, kernel_size, stride, padding, cols)
+            if packed:  # (pixels, k*k*Cin+1) @ (k*k*Cin+1, PANEL), panel by panel, Hardswish micro-tile by tile
+                for p in range(panels.shape[0]):
+                    c0 = p * PANEL
+                    _panel_product(cols, panels[p], out2[p0:p1, c0:min(Cout, c0 + PANEL)], None, activate)
+            else:
+                gemm(cols, matrix, out2[p0:p1], False, False)  # (pixels, k*k*Cin+1) @ (k*k*Cin+1, Cout)
+        if activate and not packed:
+            tile = flat[p0 * Cout:p1 * Cout]  # (pixels * Cout,)
+            for i in range(tile.size):
+                tile[i] = _hardswish(tile[i])
+
+
+def _conv_output_shape(x, weight, kernel_size, stride, padding, channels_first):
+    # (B, Ho, Wo, Cout) of conv_bn, Ho = (H + 2p - k) // s + 1
+    H, W = x.shape[2:] if channels_first else x.shape[1:3]
+    Cout = weight.columns if isinstance(weight, Panels) else weight.shape[1]
+    return (x.shape[0], (H + 2 * padding - kernel_size) // stride + 1, (W + 2 * padding - kernel_size) // stride + 1,
+            Cout)
+
+
+def conv_bn(x, weight, kernel_size, *, stride, padding, activate, channels_first=False, out=None):
+    """Twin of layers.conv_bn [+ layers.hardswish], BatchNorm folded into `weight` (`weights.fold_conv`):
+    x (B, Cin, H, W) if channels_first else (B, H, W, Cin) -> (B, Ho, Wo, Cout), channels-last, into `out` if given."""
+    if out is None:
+        out = np.empty(_conv_output_shape(x, weight, kernel_size, stride, padding, channels_first), x.dtype)
+    if isinstance(weight, Panels):
+        matrix, panels = np.empty((0, 0), x.dtype), weight.data
+    else:
+        matrix, panels = weight, np.empty((0, 0, 0), x.dtype)
+    _conv_kernel(x, channels_first, matrix, panels, kernel_size, stride, padding, activate, out,
+                 numba.get_num_threads())
+    return out
+
+
+@one_blas_thread
+def patch_embeddings(pixel_values, embedding_layer_1, embedding_layer_2, embedding_layer_3, embedding_layer_4, *,
+                     stride=2, padding=1):
+    """Twin of layers.patch_embeddings: (B, 3, S, S) -> (B, (S/16)^2, C0); 4 x (folded conv 3x3/2), Hardswish x3.
+
+    Channels-last after the first conv, so the last conv's (B, R, R, C0) output already is the token sequence.
+    STEM_CHUNK images at a time, so that the large early activations stay in cache (and, being small, are
+    recycled by malloc rather than page-faulted in afresh on every call).
+    """
+    B = pixel_values.shape[0]
+    conv = dict(stride=stride, padding=padding)
+    tokens = None  # (B, R, R, C0), allocated once the grid side R is known
+    for b0 in range(0, B, STEM_CHUNK):
+        x = pixel_values[b0:b0 + STEM_CHUNK]  # (b, 3, S, S), channels-first
+        x = conv_bn(x, **embedding_layer_1, **conv, activate=True, channels_first=True)  # (b, S/2, S/2, C0/8)
+        x = conv_bn(x, **embedding_layer_2, **conv, activate=True)  # -> (b, S/4, S/4, C0/4)
+        x = conv_bn(x, **embedding_layer_3, **conv, activate=True)  # -> (b, S/8, S/8, C0/2)
+        if tokens is None:
+            _, R, R2, C = _conv_output_shape(x, **embedding_layer_4, **conv, channels_first=False)
+            tokens = np.empty((B, R, R2, C), x.dtype)
+        conv_bn(x, **embedding_layer_4, **conv, activate=False, out=tokens[b0:b0 + x.shape[0]])  # -> tokens
+    _, R, R2, C = tokens.shape
+    return tokens.reshape(B, R * R2, C)  # token t = row*R + col
+
+
+# --- attention: per (image, head) tile: q kᵀ (BLAS), softmax, · v (BLAS), Hardswish ------------------------------
+
+@helper
+def _attend(q, k, v, bias, scale, scores, out, normalise):
+    # the core of layers.attention for one (image, head): q (Nq, kd), k (Nk, kd), v (Nk, vd), bias (Nq, Nk) ->
+    # scores (Nq, Nk) = exp of the softmax logits, normalised if `normalise`; out (Nq, vd) = Hardswish(softmax @ v)
+    Nq, Nk = scores.shape
+    gemm(q, k, scores, False, True)  # (Nq, kd) @ (Nk, kd)ᵀ -> (Nq, Nk)
+    inv = np.empty(Nq, scores.dtype)  # (Nq,) 1 / row sum, applied after · v unless `normalise`
+    for i in range(Nq):
+        row, brow = scores[i], bias[i]  # (Nk,), (Nk,)
+        m = row[0] * scale + brow[0]
+        for j in range(Nk):
+            s = row[j] * scale + brow[j]  # logits: q·k * kd^-0.5 + bias
+            row[j] = s
+            m = fast_max(m, s)
+        total = m - m  # 0 in the scores' dtype
+        for j in range(Nk):  # stable: the largest logit becomes exp(0) = 1
+            e = _exp_nonpositive(row[j] - m) if scores.itemsize == 4 else math.exp(row[j] - m)
+            row[j] = e
+            total += e
+        inv[i] = 1 / total
+        if normalise:
+            for j in range(Nk):
+                row[j] *= inv[i]
+            inv[i] = 1
+    gemm(scores, v, out, False, False)  # (Nq, Nk) @ (Nk, vd) -> (Nq, vd)
+    for i in range(Nq):
+        o = out[i]  # (vd,)
+        for e in range(o.size):
+            o[e] = _hardswish(o[e] * inv[i])
+
+
+@kernel(parallel=True)
+def _attention_kernel(queries, q_width, keys_values, kv_width, k_offset, v_offset, key_dim, attention_biases, scale,
+                      out, probs, output_attentions):
+    # Both attentions, one (image, head) per task. Head h's columns: q = queries[b, :, h*q_width:][:kd],
+    # k = keys_values[b, :, h*kv_width + k_offset:][:kd], v = keys_values[b, :, h*kv_width + v_offset:][:vd];
+    # attention_biases (H, Nq, Nk) -> out (B, Nq, H*vd) head-major, Hardswish applied; probs (B, H, Nq, Nk) when
+    # output_attentions. Self-attention passes qkv as both queries and keys_values.
+    B, Nq, _ = queries.shape
+    Nk = keys_values.shape[1]
+    H, kd = attention_biases.shape[0], key_dim
+    vd = out.shape[2] // H
+    for t in prange(B * H):
+        b, h = t // H, t % H
+        q0, k0, v0 = h * q_width, h * kv_width + k_offset, h * kv_width + v_offset
+        scores = probs[b, h] if output_attentions else np.empty((Nq, Nk), queries.dtype)  # (Nq, Nk)
+        _attend(queries[b, :, q0:q0 + kd], keys_values[b, :, k0:k0 + kd], keys_values[b, :, v0:v0 + vd],
+                attention_biases[h], scale, scores, out[b, :, h * vd:(h + 1) * vd], output_attentions)
+
+
+def _attend_heads(queries, q_width, keys_values, kv_width, k_offset, v_offset, attention_biases, projection, *,
+                  key_dim, value_dim, output_attentions):
+    # every head's softmax(q kᵀ * kd^-0.5 + bias) v, Hardswish, then the projection: -> ((B, Nq, C'), probs or None)
+    B, Nq, _ = queries.shape
+    H, Nk = attention_biases.shape[0], keys_values.shape[1]
+    out = np.empty((B, Nq, H * value_dim), queries.dtype)  # (B, Nq, H*vd)
+    probs = np.empty((B, H, Nq, Nk) if output_attentions else (1, 1, 1, 1), queries.dtype)
+    _attention_kernel(queries, q_width, keys_values, kv_width, k_offset, v_offset, key_dim, attention_biases,
+                      queries.dtype.type(key_dim ** -0.5), out, probs, output_attentions)
+    return linear_bn(out, **projection), probs if output_attentions else None  # (B, Nq, H*vd) -> (B, Nq, C')
+
+
+@one_blas_thread
+def attention(x, queries_keys_values, projection, attention_biases, *, num_attention_heads, key_dim, attention_ratio,
+              attention_bias_idxs=None, output_attentions=False):
+    """Twin of layers.attention (the residual branch): (B, N, C) -> ((B, N, C), probs (B, H, N, N) or None).
+    `attention_biases` is the dense (H, N, N) bias, gathered by `attention_bias_idxs` at load (`weights.prepare`)."""
+    kd, vd = key_dim, attention_ratio * key_dim
+    qkv = linear_bn(x, **queries_keys_values)  # (B, N, C) -> (B, N, H*(2kd+vd)), per head [q | k | v]
+    w = 2 * kd + vd  # one head's width in qkv
+    return _attend_heads(qkv, w, qkv, w, kd, 2 * kd, attention_biases, projection, key_dim=kd, value_dim=vd,
+                         output_attentions=output_attentions)
+
+
+@one_blas_thread
+def attention_subsample(x, keys_values, queries, projection, attention_biases, *, num_attention_heads, key_dim,
+                        attention_ratio, stride, resolution, attention_bias_idxs=None, output_attentions=False):
+    """Twin of layers.attention_subsample: (B, R*R, C) -> ((B, R'*R', C'), probs (B, H, R'*R', R*R) or None).
+    `attention_biases` is the dense (H, R'*R', R*R) bias, gathered by `attention_bias_idxs` at load."""
+    B, _, C = x.shape
+    kd, vd = key_dim, attention_ratio * key_dim
+    kv = linear_bn(x, **keys_values)  # (B, N, C) -> (B, N, H*(kd+vd)), per head [k | v]
+    xq = x.reshape(B, resolution, resolution, C)[:, ::stride, ::stride]  # (B, R', R', C) strided query grid
+    q = linear_bn(np.ascontiguousarray(xq).reshape(B, -1, C), **queries)  # (B, Nq, C) -> (B, Nq, H*kd)
+    return _attend_heads(q, kd, kv, kd + vd, 0, kd, attention_biases, projection, key_dim=kd, value_dim=vd,
+                         output_attentions=output_attentions)
