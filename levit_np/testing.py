@@ -16,13 +16,17 @@ from .config import VARIANTS
 WITH_TEACHER = "LevitForImageClassificationWithTeacher"
 
 
-def hf_config(num_labels: int = 1000, **config_kw):
+def hf_config(num_labels: int = 1000, down_ops=None, **config_kw):
     """A transformers.LevitConfig; drop_path_rate=0 (levit-384's 0.1 fails transformers 5.x's strict validation,
-    and eval ignores it anyway)."""
+    and eval ignores it anyway). `down_ops` ([["Subsample", key_dim, heads, attention_ratio, mlp_ratio, stride],
+    ...]) replaces the ones HF derives from key_dim and hidden_sizes, as a config.json that holds them does."""
     import transformers
 
     config_kw.setdefault("drop_path_rate", 0)
-    return transformers.LevitConfig(num_labels=num_labels, **config_kw)
+    config = transformers.LevitConfig(num_labels=num_labels, **config_kw)
+    if down_ops is not None:  # the constructor always derives them; from_dict keeps the given ones
+        config = transformers.LevitConfig.from_dict({**config.to_dict(), "down_ops": down_ops})
+    return config
 
 
 def randomize_(model, seed: int = 0):

@@ -5,19 +5,17 @@ that this file also runs as plain Python under NUMBA_DISABLE_JIT=1, which CI doe
 line by line. Odd token grids (10 -> 5 -> 3 and 7 -> 4) exercise the edges of the strided queries.
 """
 
-import json
 import subprocess
 import sys
 
 import numba
 import numpy as np
 import pytest
-import safetensors.numpy
 
 import levit_np
 from levit_np import layers
-from levit_np.checkpoint import expected_shapes
-from levit_np.config import Layer, LevitConfig, Subsample
+from levit_np.checkpoint import load_checkpoint
+from levit_np.config import Layer
 from levit_np.fast import blas, kernels, llvm_ir, weights
 
 JIT = not numba.config.DISABLE_JIT
@@ -91,11 +89,8 @@ def test_fold_batchnorm_before_equals_batchnorm_then_linear():
     assert_close(x @ w.T + b, layers.classification_layer(x, **p), np.float64)
 
 
-def test_prepare_leaves_the_checkpoint_unchanged(tmp_path):
-    path = write_checkpoint(tmp_path, TINY)
-    from levit_np.checkpoint import load_checkpoint
-
-    config, _, params = load_checkpoint(path)
+def test_prepare_leaves_the_checkpoint_unchanged(tiny):
+    config, _, params = load_checkpoint(tiny)
     before = [a.copy() for a in leaves(params)]
     weights.prepare(params, config)
     assert all(np.array_equal(a, b) for a, b in zip(leaves(params), before, strict=True))
@@ -249,31 +244,15 @@ def test_add_writes_the_sum_into_the_branch(dtype):
 # --- the whole model ----------------------------------------------------------------------------------------------
 
 # A tiny LeViT: 48 px -> a 3 -> 2 -> 1 token grid, every layer kind, an odd MLP width, two heads.
-TINY = LevitConfig(hidden_sizes=(16, 24, 32), num_attention_heads=(2, 3, 2), depths=(1, 2, 1), key_dim=(4, 4, 8),
-                   mlp_ratio=(2, 3, 1), attention_ratio=(2, 1, 2), image_size=48,
-                   id2label={i: str(i) for i in range(5)},
-                   down_ops=(Subsample(4, 4, 4, 2, 2), Subsample(4, 6, 4, 2, 2)))
+TINY = dict(hidden_sizes=[16, 24, 32], num_attention_heads=[2, 3, 2], depths=[1, 2, 1], key_dim=[4, 4, 8],
+            mlp_ratio=[2, 3, 1], attention_ratio=[2, 1, 2], image_size=48,
+            down_ops=[["Subsample", 4, 4, 4, 2, 2], ["Subsample", 4, 6, 4, 2, 2]])
 
 
-def write_checkpoint(path, config, arch="LevitForImageClassificationWithTeacher", seed=0):
-    """config.json + model.safetensors with random weights, written with NumPy only."""
-    r = Rand(np.float32, seed)
-    tensors = {}
-    for key, shape in expected_shapes(config, arch).items():
-        if key.endswith("running_var") or key.endswith("batch_norm.weight"):
-            t = r.uniform(0.5, 1.5, *shape)
-        else:
-            t = r(*shape, std=(np.prod(shape[1:]) ** -0.5 if len(shape) > 1 else 0.2))
-        tensors[key] = t
-    safetensors.numpy.save_file(tensors, str(path / "model.safetensors"))
-    down = [["Subsample", s.key_dim, s.num_attention_heads, s.attention_ratio, s.mlp_ratio, s.stride]
-            for s in config.down_ops]
-    cfg = {k: list(getattr(config, k)) for k in ("hidden_sizes", "num_attention_heads", "depths", "key_dim",
-                                                  "mlp_ratio", "attention_ratio")}
-    cfg |= {"model_type": "levit", "architectures": [arch], "image_size": config.image_size, "down_ops": down,
-            "id2label": {str(k): v for k, v in config.id2label.items()}}
-    (path / "config.json").write_text(json.dumps(cfg))
-    return path
+@pytest.fixture
+def tiny(checkpoint):
+    """A saved random TINY checkpoint (LevitForImageClassificationWithTeacher, 5 labels)."""
+    return checkpoint("LevitForImageClassificationWithTeacher", num_labels=5, **TINY)[1]
 
 
 def leaves(tree):
@@ -287,8 +266,8 @@ def leaves(tree):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_whole_model_matches_numpy_backend(tmp_path, dtype):
-    path = write_checkpoint(tmp_path, TINY)
+def test_whole_model_matches_numpy_backend(tiny, dtype):
+    path = tiny
     ref_model = levit_np.from_pretrained(path, backend="numpy", dtype=dtype)
     model = levit_np.from_pretrained(path, backend="numba", dtype=dtype)
     x = Rand(np.dtype(dtype).type)(3, 3, 48, 48)
@@ -301,8 +280,8 @@ def test_whole_model_matches_numpy_backend(tmp_path, dtype):
 
 
 @pytest.mark.skipif(not JIT, reason="compiles nothing under NUMBA_DISABLE_JIT")
-def test_batch_sizes_share_one_compilation(tmp_path):
-    model = levit_np.from_pretrained(write_checkpoint(tmp_path, TINY), backend="numba")
+def test_batch_sizes_share_one_compilation(tiny):
+    model = levit_np.from_pretrained(tiny, backend="numba")
     dispatchers = [v for module in (kernels, blas, llvm_ir) for v in vars(module).values()
                    if isinstance(v, numba.core.registry.CPUDispatcher)]
     model(Rand(np.float32)(1, 3, 48, 48))
@@ -330,5 +309,5 @@ def test_import_levit_np_does_not_import_numba():
     assert out.stdout.strip() == "False"
 
 
-def test_numba_is_the_default_backend(tmp_path):
-    assert levit_np.from_pretrained(write_checkpoint(tmp_path, TINY)).backend == "numba"
+def test_numba_is_the_default_backend(tiny):
+    assert levit_np.from_pretrained(tiny).backend == "numba"
