@@ -134,12 +134,18 @@ def _panel_product(x, panel, out, bias, activate):
         rows = min(MICRO_ROWS, m - r0)
         if rows == MICRO_ROWS and cols == PANEL:
             micro_gemm(x[r0:r0 + MICRO_ROWS], panel, out[r0:r0 + MICRO_ROWS])  # (MICRO_ROWS, PANEL)
-        else:
+        else:  # element loops, not slice assignments (whose shape-mismatch message costs seconds to compile)
             edge = np.zeros((MICRO_ROWS, x.shape[1]), x.dtype)  # (MICRO_ROWS, K), rows past the end zero
-            edge[:rows] = x[r0:r0 + rows]
+            for r in range(rows):
+                src, dst = x[r0 + r], edge[r]  # (K,), (K,)
+                for k in range(src.size):
+                    dst[k] = src[k]
             tile = np.empty((MICRO_ROWS, PANEL), x.dtype)  # (MICRO_ROWS, PANEL)
             micro_gemm(edge, panel, tile)
-            out[r0:r0 + rows] = tile[:rows, :cols]
+            for r in range(rows):
+                src, dst = tile[r], out[r0 + r]  # (PANEL,), (cols,)
+                for c in range(cols):
+                    dst[c] = src[c]
         for r in range(r0, r0 + rows):
             _bias_act(out[r], bias, activate)  # (cols,) while the micro-tile is in cache
 
@@ -192,7 +198,7 @@ def classification_layer(x, weight, bias):
 
 # --- conv stem: im2col tile + GEMM + bias/Hardswish ---------------------------------------------------------------
 
-@helper
+@helper(inline=False)
 def _im2col(x, b, oy0, oy1, kernel_size, stride, padding, cols):
     # cols ((oy1 - oy0) * Wo, k*k*Cin + 1), zeroed = image b's receptive fields of output rows oy0..oy1, in
     # (ky, kx, cin) order, then a 1 for the bias row of the weight; x (B, H, W, Cin) channels-last
@@ -219,7 +225,7 @@ def _im2col(x, b, oy0, oy1, kernel_size, stride, padding, cols):
                         dst[d0 + np.uint64(c)] = src[s0 + np.uint64(c)]
 
 
-@helper
+@helper(inline=False)
 def _im2col_transposed(x, b, oy0, oy1, kernel_size, stride, padding, cols):
     # cols (k*k*Cin + 1, (oy1 - oy0) * Wo), zeroed = the transpose of _im2col's tile, for channels-first x
     # (B, Cin, H, W): each row of it is a strided copy of an input row, not Cin-long pixels (the first conv, Cin = 3)
