@@ -219,19 +219,25 @@ def peak_rss_mib(name: str, ckpt: Path, onnx_path: Path, batch: int, threads: in
 
 
 def cold_start(ckpt: Path, threads: int) -> list[tuple[str, dict]]:
-    """import + load + first call (batch 1) of the numba backend in fresh processes: empty, then warm Numba cache."""
-    code = ("import time; t0 = time.perf_counter()\n"
+    """import + load + first call (batch 1) in fresh processes, each backend choice with an empty, then a warm Numba
+    cache: "numba" compiles in the foreground; "auto" answers with numpy while it compiles in the background."""
+    code = ("import sys, time; t0 = time.perf_counter()\n"
             "import numpy as np, levit_np; t1 = time.perf_counter()\n"
-            f"m = levit_np.from_pretrained({str(ckpt)!r}, backend='numba'); t2 = time.perf_counter()\n"
-            "x = np.zeros((1, 3, 224, 224), np.float32); m(x); t3 = time.perf_counter()\n"
+            f"m = levit_np.from_pretrained({str(ckpt)!r}, backend=sys.argv[1]); t2 = time.perf_counter()\n"
+            "x = np.zeros((1, 3, 224, 224), np.float32); m(x); t3 = time.perf_counter(); used = m.backend\n"
             "m(x); t4 = time.perf_counter()\n"
-            "print(t1 - t0, t2 - t1, t3 - t2, t4 - t3)")
-    cache = tempfile.mkdtemp(prefix="levit-numba-cache-")
+            "print(t1 - t0, t2 - t1, t3 - t2, t4 - t3, used)")
     rows = []
-    for label in ("empty Numba cache", "warm Numba cache"):
-        env = {"NUMBA_CACHE_DIR": cache, "NUMBA_NUM_THREADS": str(threads)}
-        imp, load, first, second = map(float, _child(code, env).split())
-        rows.append((label, dict(imp=imp, load=load, first=first, second=second)))
+    for backend in ("numba", "auto"):
+        cache = tempfile.mkdtemp(prefix="levit-numba-cache-")
+        for label in ("empty Numba cache", "warm Numba cache"):
+            env = {"NUMBA_CACHE_DIR": cache, "NUMBA_NUM_THREADS": str(threads), "LEVIT_NP_BACKGROUND_COMPILE": "0"}
+            if label.startswith("warm"):  # fill it first, as `levit-np compile` does
+                _child("import levit_np.fast.compiled as c; c.compile_kernels('float32'); print('ok')", env)
+            *times, used = _child(code.replace("sys.argv[1]", repr(backend)), env).split()
+            imp, load, first, second = map(float, times)
+            rows.append((f"backend={backend!r}, {label} (ran {used})",
+                         dict(imp=imp, load=load, first=first, second=second)))
     return rows
 
 
@@ -348,8 +354,8 @@ def render(rows, args, thread_counts, cold, peak) -> str:
                 lines.append(f"- LeViT-{v}, batch {b}: {need:.0f} GFLOP/s, {need / peak:.0%} of the ceiling")
     if cold:
         variant, measured = cold
-        lines += ["", f"Cold start of the numba backend, LeViT-{variant} (fresh process, batch 1):", "",
-                  "| Numba cache | import levit_np | from_pretrained | first call | second call |",
+        lines += ["", f"Cold start, LeViT-{variant} (fresh process, batch 1):", "",
+                  "| backend, Numba cache | import levit_np | from_pretrained | first call | second call |",
                   "|---|---:|---:|---:|---:|"]
         for label, c in measured:
             lines.append(f"| {label} | {c['imp']:.2f} s | {c['load']:.2f} s | {c['first']:.2f} s | "

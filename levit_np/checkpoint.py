@@ -41,10 +41,13 @@ def load_checkpoint(path: str | Path, dtype=np.float32) -> tuple[LevitConfig, st
     tensors = read_safetensors(path / WEIGHTS_NAME)
     architecture = config.architecture or _infer_architecture(tensors)
     flat = _check_against_config(tensors, config, architecture, path / WEIGHTS_NAME)
+    return config, architecture, weight_tree({k: _to_numpy(t, dtype) for k, t in flat.items()}, config)
 
+
+def weight_tree(arrays: dict[str, np.ndarray], config: LevitConfig) -> dict:
+    """{HF key without `levit.`: array} (every key `expected_shapes` lists) -> our weight tree (`load_checkpoint`)."""
     def subtree(prefix: str) -> dict:  # every tensor under HF key `prefix`, nested by the rest of its key
-        return _nest({k[len(prefix) + 1:]: _to_numpy(t, dtype) for k, t in flat.items()
-                      if k.startswith(prefix + ".")})
+        return _nest({k[len(prefix) + 1:]: a for k, a in arrays.items() if k.startswith(prefix + ".")})
 
     layers = iter(hf_layer_keys(config))
     params = {"patch_embeddings": subtree("patch_embeddings"),
@@ -52,9 +55,21 @@ def load_checkpoint(path: str | Path, dtype=np.float32) -> tuple[LevitConfig, st
                           "downsample": [subtree(next(layers)[1]) for _ in stage.downsample]}
                          for stage in config.plan]}
     for head in ("classifier", "classifier_distill"):
-        if any(k.startswith(head + ".") for k in flat):
+        if any(k.startswith(head + ".") for k in arrays):
             params[head] = subtree(head)
-    return config, architecture, params
+    return params
+
+
+def random_weights(config: LevitConfig, architecture: str, dtype=np.float32, seed: int = 0) -> dict:
+    """A weight tree of random numbers for `config` (no file, no torch): for timing and for compiling kernels."""
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for key, shape in expected_shapes(config, architecture).items():
+        scale = 1 / np.sqrt(np.prod(shape[1:])) if len(shape) > 1 else 0.2
+        arrays[key] = (rng.standard_normal(shape) * scale).astype(dtype)
+        if key.endswith(("running_var", "batch_norm.weight")):
+            arrays[key] = np.abs(arrays[key]) + dtype(0.5)
+    return weight_tree(arrays, config)
 
 
 def hf_layer_keys(config: LevitConfig) -> list[tuple[Layer, str]]:

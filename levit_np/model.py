@@ -6,6 +6,8 @@ the same functions as parallel Numba kernels with BatchNorm folded into the weig
 
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +20,9 @@ from .config import LevitConfig
 from .hub import resolve
 
 DTYPES = {"float32": np.float32, "float64": np.float64}
+CHOICES = ("auto", *BACKENDS)  # "auto", the default: numba once its kernels are compiled, the numpy reference before
+log = logging.getLogger("levit_np")
+_SAID = set()  # the one-time messages already logged in this process
 
 
 @dataclass
@@ -69,18 +74,55 @@ def levit_forward(pixel_values, params, config, ops: Backend, architecture, outp
 
 
 class Levit:
-    """A loaded LeViT: call it on pixel_values (B, C, S, S) to get a LevitOutput. Build with `from_pretrained`."""
+    """A loaded LeViT: call it on pixel_values (B, C, S, S) to get a LevitOutput. Build with `from_pretrained`.
 
-    def __init__(self, config: LevitConfig, architecture: str, params: dict, *, backend: str = "numba",
+    `backend` is the one in use now, "numba" or "numpy". Built with backend="auto", a model whose numba kernels are
+    not compiled yet runs the numpy reference while a background process compiles them, and moves to numba on the
+    first call after that process is done (the same outputs to float32 rounding).
+    """
+
+    def __init__(self, config: LevitConfig, architecture: str, params: dict, *, backend: str = "auto",
                  dtype=np.float32, name: str | None = None):
-        self._ops = get_backend(backend)
+        if backend not in CHOICES:
+            raise ValueError(f"unknown backend {backend!r}; choose one of {list(CHOICES)}")
         self.config = config
         self.architecture = architecture
-        self.backend = backend
         self.dtype = np.dtype(dtype)
         self.name = name
         self.num_parameters = _count_parameters(params)
-        self._params = self._ops.prepare(params, config)
+        self._weights = params  # the checkpoint's tree, kept while a move to numba may still come
+        self._compiling = None  # the background compile (subprocess.Popen) this model started, if any
+        self._waiting = False  # backend="auto" on numpy, waiting for the numba kernels to be compiled
+        if backend == "auto":
+            backend = self._choose_backend()
+        self._use(backend)
+
+    def _choose_backend(self) -> str:
+        from .fast import compiled  # imports numba
+
+        if compiled.is_compiled(self.dtype.name):
+            return "numba"
+        self._compiling = compiled.start_background_compile(self.dtype.name)
+        self._next_check = 0.0  # time.monotonic() of the next look for the compiled kernels
+        other = compiled.compiling_pid(self.dtype.name)
+        if self._compiling:
+            how = f"compiling them in the background (pid {self._compiling.pid}), then switching"
+        elif other:
+            how = f"another process (pid {other}) is compiling them; switching when it is done"
+        else:
+            how = f"{compiled.BACKGROUND_ENV}=0: not compiling them"
+        self._waiting = bool(self._compiling or other)
+        _say_once(f"auto-{self.dtype.name}", f"the numba kernels ({self.dtype.name}) are not compiled yet: running "
+                  f"the numpy reference; {how}. `levit-np compile` compiles them now, once.")
+        return "numpy"
+
+    def _use(self, backend: str) -> None:
+        self._ops = get_backend(backend)
+        self._params = self._ops.prepare(self._weights, self.config)
+        self.backend = backend
+        if backend == "numba":
+            self._weights = self._compiling = None
+            self._waiting = False
 
     def __repr__(self):
         c = self.config
@@ -91,8 +133,41 @@ class Levit:
     def __call__(self, pixel_values, output_hidden_states: bool = False,
                  output_attentions: bool = False) -> LevitOutput:
         x = self._check_input(pixel_values)
-        return levit_forward(x, self._params, self.config, self._ops, self.architecture,
-                             output_hidden_states=output_hidden_states, output_attentions=output_attentions)
+        own_done = self._compiling is not None and self._compiling.poll() is not None
+        if self._waiting and (own_done or time.monotonic() >= self._next_check):
+            self._look_for_compiled_kernels()
+        if self.backend == "numba":
+            self._say_if_compiling()
+        out = levit_forward(x, self._params, self.config, self._ops, self.architecture,
+                            output_hidden_states=output_hidden_states, output_attentions=output_attentions)
+        if self.backend == "numba" and ("compiled", self.dtype.name) not in _SAID:
+            from .fast import compiled
+
+            compiled.mark_compiled(self.dtype.name)  # a whole forward pass ran: every kernel of this dtype is cached
+            _SAID.add(("compiled", self.dtype.name))
+        return out
+
+    def _look_for_compiled_kernels(self) -> None:
+        # at most once a second: the kernels compiled (by any process) -> numba; our own compile failed -> say so
+        from .fast import compiled
+
+        self._next_check = time.monotonic() + 1.0
+        if compiled.is_compiled(self.dtype.name):
+            self._use("numba")
+            _say_once(f"switched-{self.dtype.name}", "the numba kernels are compiled: switched to the numba backend")
+        elif self._compiling is not None and self._compiling.poll() not in (None, 0):
+            self._waiting = False
+            _say_once(f"failed-{self.dtype.name}", "compiling the numba kernels in the background failed: staying "
+                      "on the numpy reference; run `levit-np compile` to see why")
+        elif self._compiling is None and compiled.compiling_pid(self.dtype.name) is None:
+            self._waiting = False  # the other process's compile ended without finishing
+
+    def _say_if_compiling(self) -> None:
+        from .fast import compiled
+
+        if ("compiled", self.dtype.name) not in _SAID and not compiled.is_compiled(self.dtype.name):
+            _say_once(f"foreground-{self.dtype.name}", f"compiling the numba kernels ({self.dtype.name}) for this CPU "
+                      f"(once: later runs load them from {compiled.cache_dir()})...")
 
     def _check_input(self, pixel_values) -> np.ndarray:
         c = self.config
@@ -110,7 +185,7 @@ class Levit:
         return np.ascontiguousarray(pixel_values, dtype=self.dtype)
 
 
-def from_pretrained(path: str | Path, *, backend: str = "numba", dtype: str = "float32") -> Levit:
+def from_pretrained(path: str | Path, *, backend: str = "auto", dtype: str = "float32") -> Levit:
     """Load a LeViT checkpoint directory written by HF `save_pretrained` (config.json + model.safetensors).
 
     `path` may also be a Hub id ("facebook/levit-128S") or a released variant ("128S"): see `levit_np.hub.resolve`
@@ -119,12 +194,14 @@ def from_pretrained(path: str | Path, *, backend: str = "numba", dtype: str = "f
     Works for LevitModel, LevitForImageClassification and LevitForImageClassificationWithTeacher checkpoints, with
     or without the `levit.` key prefix, in float16/bfloat16/float32/float64 (upcast to `dtype`).
 
-    backend: "numba" (the fast path, default) or "numpy" (the readable reference); same outputs to float32 rounding.
+    backend: "numba" (the fast path), "numpy" (the readable reference; same outputs to float32 rounding) or "auto"
+        (the default): numba when its kernels are compiled for this CPU, else numpy while they compile in a
+        background process, then numba (see `Levit`). `model.backend` says which one runs.
     dtype: "float32" or "float64"; the whole forward pass runs in this precision.
     Raises FileNotFoundError/OSError for missing or unreadable files, ValueError for a bad or mismatched checkpoint.
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; choose one of {sorted(BACKENDS)}")
+    if backend not in CHOICES:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {list(CHOICES)}")
     try:
         dtype = DTYPES[np.dtype(dtype).name]
     except (TypeError, KeyError):
@@ -139,3 +216,10 @@ def _count_parameters(tree) -> int:
         return sum(_count_parameters(t) for t in tree)
     return sum(_count_parameters(v) if isinstance(v, (dict, list)) else v.size for k, v in tree.items()
                if k not in ("running_mean", "running_var"))
+
+
+def _say_once(key: str, message: str) -> None:
+    # a WARNING, so that Python prints it on stderr even where logging is not configured
+    if key not in _SAID:
+        _SAID.add(key)
+        log.warning(message)

@@ -13,6 +13,8 @@ settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 transformers.utils.logging.disable_progress_bar()  # save_pretrained's "Writing model shards" bar, per checkpoint
+# backend="auto" models must not leave compiling processes behind the suite; tests/test_cold_start.py turns it on
+os.environ.setdefault("LEVIT_NP_BACKGROUND_COMPILE", "0")
 
 
 @pytest.fixture(scope="session")

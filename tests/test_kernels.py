@@ -309,5 +309,7 @@ def test_import_levit_np_does_not_import_numba():
     assert out.stdout.strip() == "False"
 
 
-def test_numba_is_the_default_backend(tiny):
+@pytest.mark.skipif(not JIT, reason="auto never picks numba with the JIT off")
+def test_auto_is_the_default_and_picks_numba_once_compiled(tiny):
+    levit_np.from_pretrained(tiny, backend="numba")(Rand(np.float32)(1, 3, 48, 48))  # compiles (or loads) them all
     assert levit_np.from_pretrained(tiny).backend == "numba"

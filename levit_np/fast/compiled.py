@@ -1,0 +1,129 @@
+"""Whether the fast kernels are compiled for this CPU and dtype, and compiling them ahead of time.
+
+Numba compiles the kernels on their first call, which takes far longer than a small job does, and keeps the result
+in its on-disk cache (beside the source, in the user's cache directory when that is read-only, or in
+NUMBA_CACHE_DIR); a later process loads it instead. A marker file in that cache directory records that every kernel
+of one dtype has been compiled for this source, this Numba and this CPU, so that `backend="auto"` can tell a warm
+cache from a cold one without compiling anything.
+
+    python -m levit_np.fast.compiled float32 float64     # what `levit-np compile` and the background compile run
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import llvmlite.binding
+import numba
+import numpy as np
+
+from .. import __version__
+from . import kernels
+
+DTYPES = ("float32", "float64")
+BACKGROUND_ENV = "LEVIT_NP_BACKGROUND_COMPILE"  # "0": backend="auto" never starts a background compile
+
+
+def cache_dir() -> Path:
+    """Where Numba keeps the compiled kernels (and we keep the markers)."""
+    return Path(kernels._conv_kernel._cache._cache_path)
+
+
+def cache_key() -> str:
+    """What the compiled code depends on: our kernel sources (as Numba stamps them), Numba, Python and the CPU."""
+    parts = [__version__, numba.__version__, llvmlite.__version__, sys.version,
+             numba.config.CPU_NAME or llvmlite.binding.get_host_cpu_name(),
+             numba.config.CPU_FEATURES or llvmlite.binding.get_host_cpu_features().flatten()]
+    for f in sorted(Path(__file__).parent.glob("*.py")):
+        st = f.stat()
+        parts += [f.name, str(st.st_size), str(st.st_mtime_ns)]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+def _marker(dtype: str) -> Path:
+    return cache_dir() / f"levit_np-compiled-{dtype}-{cache_key()}"
+
+
+def is_compiled(dtype: str = "float32") -> bool:
+    """True when every kernel of `dtype` is in Numba's cache for this source and CPU (a first call only loads it)."""
+    return not numba.config.DISABLE_JIT and _marker(dtype).exists()
+
+
+def mark_compiled(dtype: str) -> None:
+    """Record that every kernel of `dtype` has been compiled and cached (after a whole forward pass ran)."""
+    if numba.config.DISABLE_JIT:
+        return
+    try:
+        _marker(dtype).touch()
+    except OSError:  # a cache directory we cannot write to: Numba cannot cache there either
+        pass
+
+
+def compile_kernels(dtype: str = "float32") -> None:
+    """Compile (or load from the cache) every kernel of `dtype`: one forward pass of a tiny random LeViT."""
+    from ..checkpoint import random_weights
+    from ..config import LevitConfig
+    from ..model import Levit
+
+    config = LevitConfig(hidden_sizes=(16, 24, 32), num_attention_heads=(2, 3, 2), depths=(1, 1, 1),
+                         key_dim=(4, 4, 8), image_size=48, id2label={0: "a", 1: "b"})
+    arch = "LevitForImageClassificationWithTeacher"
+    model = Levit(config, arch, random_weights(config, arch, np.dtype(dtype).type), backend="numba", dtype=dtype)
+    model(np.zeros((1, 3, 48, 48), dtype))  # marks the dtype compiled
+
+
+def _lock(dtype: str) -> Path:
+    return cache_dir() / f"levit_np-compiling-{dtype}-{cache_key()}.pid"
+
+
+def compiling_pid(dtype: str) -> int | None:
+    """The pid of a background compile of `dtype` that is running now (started by any process), or None."""
+    try:
+        pid = int(_lock(dtype).read_text())
+        os.kill(pid, 0)  # raises if there is no such process
+        return pid
+    except (OSError, ValueError):
+        return None
+
+
+def start_background_compile(dtype: str = "float32") -> subprocess.Popen | None:
+    """Compile the kernels of `dtype` in a separate, low-priority process; None where that is switched off, cannot
+    start, or another process is compiling them already. The process lives on if this one exits (so that the next
+    run finds the cache warm)."""
+    if os.environ.get(BACKGROUND_ENV, "1") == "0" or numba.config.DISABLE_JIT or compiling_pid(dtype):
+        return None
+    if os.name == "posix":  # its own session (a Ctrl-C of ours does not stop it), below our priority
+        detach = dict(start_new_session=True, preexec_fn=lambda: os.nice(10))
+    else:
+        detach = dict(creationflags=subprocess.CREATE_NEW_PROCESS_GROUP | subprocess.BELOW_NORMAL_PRIORITY_CLASS)
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "levit_np.fast.compiled", dtype], stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **detach)
+    except OSError:
+        return None
+    try:
+        _lock(dtype).write_text(str(proc.pid))
+    except OSError:
+        pass
+    return proc
+
+
+def main(argv=None) -> int:
+    for dtype in argv if argv is not None else sys.argv[1:] or ["float32"]:
+        if dtype not in DTYPES:
+            print(f"unknown dtype {dtype!r}; choose from {DTYPES}", file=sys.stderr)
+            return 2
+        try:
+            compile_kernels(dtype)
+        finally:
+            if compiling_pid(dtype) == os.getpid():
+                _lock(dtype).unlink(missing_ok=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""The first run on a fresh install: backend="auto" answers with the numpy reference while the numba kernels compile
+in the background, then moves to numba; a warm cache is recognised without compiling; a read-only install caches
+in the user's cache directory. Each case runs in fresh processes with an empty Numba cache of its own.
+
+Timings are not asserted here (benchmarks/bench.py measures the cold start); what is asserted is which backend ran
+and that its answer equals the numpy reference's.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+
+import numba
+import pytest
+
+pytestmark = pytest.mark.skipif(numba.config.DISABLE_JIT, reason="nothing compiles under NUMBA_DISABLE_JIT")
+
+NOBODY = 65534  # the conventional uid and gid of `nobody`
+SMALL = dict(hidden_sizes=[32, 48, 64], num_attention_heads=[2, 3, 4], depths=[1, 1, 1], key_dim=[8, 8, 8],
+             image_size=64)
+
+# Runs in a fresh process: loads the checkpoint with `backend`, runs it, waits for a background compile if asked,
+# runs it again; prints JSON with the backends used, the compilations Numba did, and the outputs' error against
+# the numpy backend (float32 rounding: 1e-5 relative, as tests/test_kernels.py bounds a kernel against its twin).
+CHILD = textwrap.dedent("""
+    import json, sys
+    import numpy as np
+    from numba.core import event
+    import levit_np
+    from levit_np.fast import compiled
+
+    path, backend, wait = sys.argv[1], sys.argv[2], sys.argv[3] == "wait"
+    x = np.random.default_rng(0).standard_normal((2, 3, 64, 64), dtype=np.float32)
+    ref = levit_np.from_pretrained(path, backend="numpy")(x).logits
+    compiles = []
+    with event.install_recorder("numba:compile") as rec:
+        model = levit_np.from_pretrained(path, backend=backend)
+        first_backend, first = model.backend, model(x).logits
+        if wait and model._compiling is not None:
+            model._compiling.wait(timeout=600)
+        second_backend, second = model.backend, model(x).logits
+        second_backend = model.backend
+    err = lambda a: float(np.abs(a - ref).max() / max(1.0, np.abs(ref).max()))
+    print(json.dumps(dict(first_backend=first_backend, second_backend=second_backend, first_err=err(first),
+                          second_err=err(second), compilations=len(rec.buffer), cache_dir=str(compiled.cache_dir()),
+                          warm=compiled.is_compiled("float32"))))
+""")
+
+
+def run_child(path, backend, wait=False, env=None, user=None):
+    cmd = [sys.executable, "-c", CHILD, str(path), backend, "wait" if wait else "no"]
+    if user:
+        cmd = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", *cmd]
+    out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1]), out.stderr
+
+
+@pytest.fixture
+def small(checkpoint, tmp_path):
+    _, path = checkpoint("LevitForImageClassificationWithTeacher", num_labels=10, **SMALL)
+    copy = tmp_path / "ckpt"
+    shutil.copytree(path, copy)
+    return copy
+
+
+def test_auto_answers_with_numpy_then_moves_to_numba(small, tmp_path):
+    env = {"NUMBA_CACHE_DIR": str(tmp_path / "numba-cache"), "LEVIT_NP_BACKGROUND_COMPILE": "1"}
+    cold, stderr = run_child(small, "auto", wait=True, env=env)
+    assert cold["first_backend"] == "numpy" and cold["first_err"] == 0  # the reference itself, no compile waited for
+    assert "not compiled yet" in stderr and "switched to the numba backend" in stderr  # said, once each
+    assert cold["second_backend"] == "numba" and cold["second_err"] <= 1e-5
+    assert cold["warm"] and Path(cold["cache_dir"]) == tmp_path / "numba-cache" / Path(cold["cache_dir"]).name
+
+    warm, stderr = run_child(small, "auto", env=env)  # a later process: the cache is warm, nothing compiles
+    assert warm["first_backend"] == warm["second_backend"] == "numba"
+    assert warm["compilations"] == 0 and warm["first_err"] <= 1e-5
+    assert "not compiled" not in stderr and "compiling" not in stderr
+
+
+def test_explicit_numba_compiles_in_the_foreground_and_says_so(small, tmp_path):
+    env = {"NUMBA_CACHE_DIR": str(tmp_path / "numba-cache")}
+    cold, stderr = run_child(small, "numba", env=env)
+    assert cold["first_backend"] == "numba" and cold["compilations"] > 0 and cold["first_err"] <= 1e-5
+    assert stderr.count("compiling the numba kernels") == 1 and cold["warm"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root to run as another user")
+def test_read_only_install_caches_in_the_users_cache_directory(small):
+    """As `nobody`, who cannot write next to the package (as in a system or Docker install), Numba caches in that
+    user's cache directory, and a second process finds it warm."""
+    base = Path(tempfile.mkdtemp(prefix="levit-nobody-"))  # not under pytest's 0700 tmp: nobody must reach it
+    try:
+        base.chmod(0o755)
+        shutil.copytree(small, base / "ckpt")
+        for p in [base / "ckpt", *(base / "ckpt").iterdir()]:
+            p.chmod(0o755)
+        home = base / "home"
+        home.mkdir()
+        os.chown(home, NOBODY, NOBODY)
+        env = {"HOME": str(home), "XDG_CACHE_HOME": str(home / ".cache"), "NUMBA_CACHE_DIR": ""}
+        cold, _ = run_child(base / "ckpt", "numba", env=env, user=NOBODY)
+        assert Path(cold["cache_dir"]).is_relative_to(home), cold["cache_dir"]
+        assert cold["first_err"] <= 1e-5 and cold["compilations"] > 0 and cold["warm"]
+        warm, _ = run_child(base / "ckpt", "auto", env=env, user=NOBODY)
+        assert warm["first_backend"] == "numba" and warm["compilations"] == 0
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
