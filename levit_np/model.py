@@ -137,9 +137,16 @@ class Levit:
         if self._waiting and (own_done or time.monotonic() >= self._next_check):
             self._look_for_compiled_kernels()
         if self.backend == "numba":
+            from .fast import threads
+
+            threads.check_not_forked()
             self._say_if_compiling()
-        out = levit_forward(x, self._params, self.config, self._ops, self.architecture,
-                            output_hidden_states=output_hidden_states, output_attentions=output_attentions)
+            with threads.FORWARD_LOCK:  # one forward at a time in a process: see fast/threads.py
+                out = levit_forward(x, self._params, self.config, self._ops, self.architecture,
+                                    output_hidden_states=output_hidden_states, output_attentions=output_attentions)
+        else:
+            out = levit_forward(x, self._params, self.config, self._ops, self.architecture,
+                                output_hidden_states=output_hidden_states, output_attentions=output_attentions)
         if self.backend == "numba" and ("compiled", self.dtype.name) not in _SAID:
             from .fast import compiled
 

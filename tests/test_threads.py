@@ -1,0 +1,98 @@
+"""The numba backend from two Python threads on every threading layer, and in a child forked after it ran."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numba
+import pytest
+
+pytestmark = pytest.mark.skipif(numba.config.DISABLE_JIT, reason="no thread pool under NUMBA_DISABLE_JIT")
+
+SMALL = dict(hidden_sizes=[32, 48, 64], num_attention_heads=[2, 3, 4], depths=[1, 1, 1], key_dim=[8, 8, 8],
+             image_size=64)
+
+TWO_THREADS = textwrap.dedent("""
+    import json, sys, threading
+    import numpy as np, numba, levit_np
+
+    model = levit_np.from_pretrained(sys.argv[1], backend="numba")
+    x = np.random.default_rng(0).standard_normal((3, 3, 64, 64), dtype=np.float32)
+    ref = model(x).logits
+    results = []
+
+    def work():
+        for _ in range(20):
+            results.append(bool(np.array_equal(model(x).logits, ref)))
+
+    workers = [threading.Thread(target=work) for _ in range(2)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    print(json.dumps(dict(layer=numba.threading_layer(), calls=len(results), equal=all(results))))
+""")
+
+FORK = textwrap.dedent("""
+    import multiprocessing, sys
+    import numpy as np, numba, levit_np
+
+    model = levit_np.from_pretrained(sys.argv[1], backend="numba")
+    x = np.zeros((1, 3, 64, 64), np.float32)
+    model(x)  # the thread pool starts
+
+    def child(queue):
+        try:
+            model(x)
+            queue.put("ran")
+        except RuntimeError as e:
+            queue.put("RuntimeError: " + str(e))
+
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    p = ctx.Process(target=child, args=(queue,))
+    p.start()
+    print(numba.threading_layer(), queue.get(timeout=60))
+    p.join(60)
+""")
+
+
+@pytest.fixture(scope="module")
+def small(checkpoint):
+    return checkpoint("LevitForImageClassificationWithTeacher", num_labels=10, **SMALL)[1]
+
+
+def layer_available(layer):
+    code = ("import numba, numpy as np\n"
+            "@numba.njit(parallel=True)\n"
+            "def f(a):\n"
+            "    for i in numba.prange(a.size):\n"
+            "        a[i] += 1\n"
+            "f(np.zeros(8)); print(numba.threading_layer())")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       env={**os.environ, "NUMBA_THREADING_LAYER": layer})
+    return r.returncode == 0 and r.stdout.strip() == layer
+
+
+@pytest.mark.parametrize("layer", ["omp", "tbb", "workqueue"])
+def test_two_python_threads_share_one_model(small, layer):
+    if not layer_available(layer):
+        pytest.skip(f"Numba's {layer} threading layer is not installed here")
+    env = {**os.environ, "NUMBA_THREADING_LAYER": layer}
+    r = subprocess.run([sys.executable, "-c", TWO_THREADS, str(small)], capture_output=True, text=True, env=env,
+                       timeout=600)
+    assert r.returncode == 0, f"rc {r.returncode}: {r.stderr[-2000:]}"  # workqueue used to abort (SIGABRT)
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out == dict(layer=layer, calls=40, equal=True)
+
+
+def test_fork_after_the_pool_started_fails_clearly_instead_of_hanging(small):
+    r = subprocess.run([sys.executable, "-c", FORK, str(small)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    layer, result = r.stdout.strip().split(" ", 1)
+    if layer == "omp":  # GNU OpenMP would hang in the child: a clear error that says what to do
+        assert result.startswith("RuntimeError") and "spawn" in result
+    else:  # fork-safe layers just run
+        assert result == "ran"
