@@ -165,9 +165,9 @@ def check_agreement(fns: dict, x: np.ndarray) -> dict[str, float]:
 
 
 def fma_peak(threads: int, seconds: float = 1.0) -> float:
-    """GFLOP/s of levit_np's float32 micro-kernel on `threads` threads at once, each on its own L1-resident 6 x 256
-    times 256 x 64 product: the arithmetic ceiling of these cores (the micro-kernel does 24 vector FMAs per 5 loads,
-    so in L1 it runs at the FMA units' rate). No forward pass can run faster than this on the same threads."""
+    """GFLOP/s of levit_np's float32 micro-kernel on `threads` threads at once, each on its own L1-resident
+    MICRO_ROWS x 128 times 128 x PANEL product: the arithmetic ceiling of these cores for the tile Numba compiles for
+    (in L1 the micro-kernel runs at the FMA units' rate). No forward pass can run faster on the same threads."""
     import numba
 
     from levit_np.fast.llvm_ir import MICRO_ROWS, micro_gemm
@@ -179,7 +179,7 @@ def fma_peak(threads: int, seconds: float = 1.0) -> float:
             for _ in range(calls):
                 micro_gemm(x[t], panels[t], out[t])
 
-    K, rows, cols = 256, MICRO_ROWS, PANEL
+    K, rows, cols = 128, MICRO_ROWS, PANEL
     rng = np.random.default_rng(0)
     x = rng.standard_normal((threads, rows, K), dtype=np.float32)
     panels = rng.standard_normal((threads, K, cols), dtype=np.float32)

@@ -172,6 +172,8 @@ class Levit:
     def _say_if_compiling(self) -> None:
         from .fast import compiled
 
+        if compiled.DISABLE_JIT:  # nothing compiles
+            return
         if ("compiled", self.dtype.name) not in _SAID and not compiled.is_compiled(self.dtype.name):
             _say_once(f"foreground-{self.dtype.name}", f"compiling the numba kernels ({self.dtype.name}) for this CPU "
                       f"(once: later runs load them from {compiled.cache_dir()})...")

@@ -17,12 +17,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-import llvmlite.binding
+import llvmlite
 import numba
 import numpy as np
 
 from .. import __version__
 from . import kernels
+from .jit import DISABLE_JIT
+from .target import numba_target
 
 DTYPES = ("float32", "float64")
 BACKGROUND_ENV = "LEVIT_NP_BACKGROUND_COMPILE"  # "0": backend="auto" never starts a background compile
@@ -35,9 +37,7 @@ def cache_dir() -> Path:
 
 def cache_key() -> str:
     """What the compiled code depends on: our kernel sources (as Numba stamps them), Numba, Python and the CPU."""
-    parts = [__version__, numba.__version__, llvmlite.__version__, sys.version,
-             numba.config.CPU_NAME or llvmlite.binding.get_host_cpu_name(),
-             numba.config.CPU_FEATURES or llvmlite.binding.get_host_cpu_features().flatten()]
+    parts = [__version__, numba.__version__, llvmlite.__version__, sys.version, *numba_target()]
     for f in sorted(Path(__file__).parent.glob("*.py")):
         st = f.stat()
         parts += [f.name, str(st.st_size), str(st.st_mtime_ns)]
@@ -50,12 +50,12 @@ def _marker(dtype: str) -> Path:
 
 def is_compiled(dtype: str = "float32") -> bool:
     """True when every kernel of `dtype` is in Numba's cache for this source and CPU (a first call only loads it)."""
-    return not numba.config.DISABLE_JIT and _marker(dtype).exists()
+    return not DISABLE_JIT and _marker(dtype).exists()
 
 
 def mark_compiled(dtype: str) -> None:
     """Record that every kernel of `dtype` has been compiled and cached (after a whole forward pass ran)."""
-    if numba.config.DISABLE_JIT:
+    if DISABLE_JIT:
         return
     try:
         _marker(dtype).touch()
@@ -94,7 +94,7 @@ def start_background_compile(dtype: str = "float32") -> subprocess.Popen | None:
     """Compile the kernels of `dtype` in a separate, low-priority process; None where that is switched off, cannot
     start, or another process is compiling them already. The process lives on if this one exits (so that the next
     run finds the cache warm)."""
-    if os.environ.get(BACKGROUND_ENV, "1") == "0" or numba.config.DISABLE_JIT or compiling_pid(dtype):
+    if os.environ.get(BACKGROUND_ENV, "1") == "0" or DISABLE_JIT or compiling_pid(dtype):
         return None
     if os.name == "posix":  # its own session (a Ctrl-C of ours does not stop it), below our priority
         detach = dict(start_new_session=True, preexec_fn=lambda: os.nice(10))

@@ -1,7 +1,8 @@
 """Load time: the checkpoint's weights turned, once, into the form the fast kernels take. Plain NumPy.
 
 - every Linear/Conv + BatchNorm pair becomes one weight and bias (`fold_batchnorm`), laid out for `x @ weight`;
-- float32 weights are packed into PANEL-column panels (`pack_panels`), the order the GEMM micro-kernel streams them;
+- float32 weights are packed into PANEL-column panels (`pack_panels`), the order the GEMM micro-kernel streams them,
+  as wide as its register tile on the CPU Numba compiles for (`target.TILE`);
 - each attention layer's (H, R*R) bias table is gathered once into the dense (H, Nq, Nk) bias it adds.
 """
 
@@ -12,8 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..config import BN_EPS
+from .target import TILE
 
-PANEL = 64  # weight columns per panel: 4 vectors of 16 float32
+PANEL = TILE.columns  # weight columns per panel: the micro-kernel's tile width (64 with AVX-512, 16 with AVX2)
 PANEL_ALIGN = 64  # bytes: each panel row is one whole number of cache lines
 
 
