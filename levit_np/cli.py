@@ -6,7 +6,10 @@
     levit-np fetch [NAME ...] [--dir weights]         # download checkpoints (default: all five released ones)
 
 Errors are one line on stderr and a non-zero exit status, never a traceback. In `predict`, an image that cannot be
-read does not stop the others: the failures are listed at the end and the exit status is 1.
+read does not stop the others: the failures are listed at the end and the exit status is 1. In text output (and in
+error messages) a file name or label that could be misread (control characters such as a newline, leading or
+trailing spaces, a leading quote) is shown as a Python string literal, e.g. 'a\\nb.png'; --json output is strict
+JSON (no NaN) whatever the names.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description="LeViT image classification in pure NumPy.")
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{predict,info,fetch}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{predict,info,fetch,compile}")
 
     p = sub.add_parser("predict", help="classify images (files or folders)",
                        description="Print the top-k ImageNet labels of each image, with softmax probabilities.")
@@ -54,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=_positive_int, default=5, help="labels per image (default: 5)")
     p.add_argument("--json", action="store_true",
                    help='one JSON object per line: {"image": ..., "predictions": [{"label", "probability"}]}')
-    p.add_argument("--backend", default=None, help="forward-pass backend (default: the library's default)")
+    p.add_argument("--backend", default=None, choices=["auto", "numba", "numpy"],
+                   help="forward-pass backend (default: auto, numba once its kernels are compiled)")
     p.add_argument("--batch-size", type=_positive_int, default=DEFAULT_BATCH_SIZE,
                    help=f"images per forward pass (default: {DEFAULT_BATCH_SIZE})")
     p.set_defaults(run=run_predict)
@@ -71,7 +75,47 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"Hub ids or variants (default: the five released: {', '.join(VARIANTS)})")
     p.add_argument("--dir", default=None, help="download into DIR/<name>/ instead of the Hugging Face cache")
     p.set_defaults(run=run_fetch)
+
+    p = sub.add_parser("compile", help="compile the numba backend's kernels for this CPU, once",
+                       description="Compile the fast kernels now, into Numba's on-disk cache, so that every later "
+                                   "run (and backend='auto') uses them from its first image.")
+    p.add_argument("--dtype", nargs="+", default=["float32"], choices=["float32", "float64"],
+                   help="the precisions to compile (default: float32)")
+    p.set_defaults(run=run_compile)
     return parser
+
+
+def run_compile(args) -> int:
+    import time
+
+    from .fast import compiled
+
+    for dtype in args.dtype:
+        if compiled.is_compiled(dtype):
+            print(f"{dtype}: already compiled, in {compiled.cache_dir()}")
+            continue
+        print(f"compiling the numba kernels ({dtype}) for this CPU...", file=sys.stderr, flush=True)
+        t = time.perf_counter()
+        compiled.compile_kernels(dtype)
+        print(f"{dtype}: compiled in {time.perf_counter() - t:.1f} s, cached in {compiled.cache_dir()}")
+    return 0
+
+
+def fast_path_info() -> dict:
+    """What backend='auto' runs here, and the fast path's build: micro-kernel tile, threads, cache."""
+    import numba
+
+    from .fast import compiled, target
+
+    tile = target.TILE
+    return {"auto_backend": {d: "numba" if compiled.is_compiled(d) else "numpy (kernels not compiled yet)"
+                             for d in compiled.DTYPES},
+            "numba_cache": str(compiled.cache_dir()),
+            "cpu": target.numba_target()[1],
+            "micro_kernel": f"{tile.rows} x {tile.columns} float32 ({tile.vectors_per_row} vectors of {tile.lanes}"
+                            f"{', FMA' if tile.fma else ', no FMA'})",
+            "threads": numba.get_num_threads(),
+            "threading_layer": numba.config.THREADING_LAYER}
 
 
 def run_predict(args) -> int:
@@ -80,7 +124,7 @@ def run_predict(args) -> int:
     readable = []
     for image in images:  # cheap checks (the file exists) before the model is loaded
         try:
-            check_image(image, name=image)
+            check_image(image, name=shown(image))
             readable.append(image)
         except (OSError, ValueError) as e:
             failures.append((image, str(e)))
@@ -90,7 +134,7 @@ def run_predict(args) -> int:
 
         with tqdm(total=len(readable), unit="img", file=sys.stderr, disable=None if folder else True) as bar:
             for i, result in iter_predictions(readable, model, top_k=args.top_k, batch_size=args.batch_size,
-                                              names=readable, errors="return"):
+                                              names=[shown(image) for image in readable], errors="return"):
                 if isinstance(result, Exception):
                     failures.append((readable[i], str(result)))
                 else:
@@ -99,7 +143,8 @@ def run_predict(args) -> int:
     if failures:
         print(f"{PROG}: {len(failures)} of {total} inputs failed:", file=sys.stderr)
         for image, message in failures:  # every message names its image already
-            print(f"  {message}" if image in message else f"  {image}: {message}", file=sys.stderr)
+            message = " ".join(message.splitlines())  # one line per failure, whatever the decoder said
+            print(f"  {message}" if shown(image) in message else f"  {shown(image)}: {message}", file=sys.stderr)
         return 1
     return 0
 
@@ -112,7 +157,7 @@ def collect_images(args: list[str]) -> tuple[list[str], list[tuple[str, str]], b
             folder = True
             files = image_files(Path(arg))
             if not files:
-                failures.append((arg, f"{arg}: no image files in this folder"))
+                failures.append((arg, f"{shown(arg)}: no image files in this folder"))
             images.extend(files)
         else:
             images.append(arg)  # a missing file is reported with the other failures
@@ -121,10 +166,20 @@ def collect_images(args: list[str]) -> tuple[list[str], list[tuple[str, str]], b
 
 def format_predictions(image: str, predictions: list[tuple[str, float]], as_json: bool) -> str:
     """One JSON line, or the image name followed by one "probability  label" line per prediction."""
-    if as_json:
+    if as_json:  # allow_nan=False: strict JSON, never NaN (predict reports non-finite logits as a failure)
         return json.dumps({"image": image, "predictions": [{"label": label, "probability": p}
-                                                           for label, p in predictions]})
-    return "\n".join([image] + [f"  {p:.4f}  {label}" for label, p in predictions])
+                                                           for label, p in predictions]}, allow_nan=False)
+    return "\n".join([shown(image)] + [f"  {p:.4f}  {shown(label)}" for label, p in predictions])
+
+
+def shown(text: str) -> str:
+    """`text` as is, or as a Python string literal (repr) where printing it as is could be misread: a control
+    character (a newline would split the record), any other unprintable character (or one that cannot be encoded,
+    as an undecodable file name), leading or trailing whitespace, or a leading quote (so that a name printed raw
+    never looks like a literal)."""
+    if text.isprintable() and text == text.strip() and not text.startswith(("'", '"')):
+        return text
+    return repr(text)
 
 
 def image_files(folder: Path) -> list[str]:
@@ -157,12 +212,13 @@ def run_info(args) -> int:
         "labels": [c.id2label[i] for i in range(c.num_labels)],
         "weights": str(path.resolve()),
         "weights_bytes": weights.stat().st_size,
+        "fast_path": fast_path_info(),
     }
     if args.json:
         print(json.dumps(info))
         return 0
     labels = info["labels"]
-    shown = "; ".join(labels[:3]) + ("; ..." if len(labels) > 3 else "")
+    first = "; ".join(shown(label) for label in labels[:3]) + ("; ..." if len(labels) > 3 else "")
     print(f"model:         {info['model']}\n"
           f"variant:       {info['variant'] or 'custom (not one of the released variants)'}\n"
           f"architecture:  {info['architecture']}\n"
@@ -171,8 +227,14 @@ def run_info(args) -> int:
           f"image size:    {c.image_size} (short side resized to {resize_short_side(c.image_size)}, "
           f"center crop {c.image_size})\n"
           f"parameters:    {info['parameters']:,} ({info['parameters'] / 1e6:.2f}M)\n"
-          f"labels:        {len(labels)} ({shown})\n"
+          f"labels:        {len(labels)} ({first})\n"
           f"weights:       {info['weights']} (model.safetensors, {info['weights_bytes'] / 1e6:.1f} MB)")
+    fast = info["fast_path"]
+    print(f"backend:       auto runs {fast['auto_backend']['float32']} (float32), "
+          f"{fast['auto_backend']['float64']} (float64); `levit-np compile` compiles the kernels\n"
+          f"numba:         {fast['threads']} threads, threading layer {fast['threading_layer']}, cache "
+          f"{fast['numba_cache']}\n"
+          f"micro-kernel:  {fast['micro_kernel']} for CPU {fast['cpu']}")
     return 0
 
 

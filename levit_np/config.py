@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import functools
 import json
+import numbers
+import reprlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -81,20 +83,20 @@ class LevitConfig:
         """Build from a parsed config.json; `source` names the file in error messages."""
         if not isinstance(d, dict):
             raise ValueError(f"{source}: expected a JSON object, found {type(d).__name__}")
-        if d.get("model_type", "levit") != "levit":
-            raise ValueError(f"{source}: model_type is {d['model_type']!r}, not 'levit'")
+        model_type = d.get("model_type", "levit")
+        if model_type != "levit":
+            raise ValueError(f"{source}: model_type is {_show(model_type)}, not 'levit'")
         kw = {}
-        for name in ("hidden_sizes", "num_attention_heads", "depths", "key_dim", "mlp_ratio", "attention_ratio"):
+        for name in PER_STAGE:
             if name in d:
-                kw[name] = _int_tuple(d[name], f"{source}: {name}")
+                kw[name] = _int_tuple(d[name], f"{source}: {name}", NUM_STAGES)
         for name in ("image_size", "patch_size", "num_channels", "kernel_size", "stride", "padding"):
             if name in d:
                 kw[name] = _int(d[name], f"{source}: {name}")
         if "down_ops" in d:
             kw["down_ops"] = _parse_down_ops(d["down_ops"], f"{source}: down_ops")
         kw["id2label"] = _parse_id2label(d, source)
-        archs = d.get("architectures") or []
-        kw["architecture"] = next((a for a in archs if a in ARCHITECTURES), None)
+        kw["architecture"] = _parse_architectures(d.get("architectures"), f"{source}: architectures")
         try:
             return cls(**kw)
         except ValueError as e:
@@ -103,24 +105,60 @@ class LevitConfig:
     @classmethod
     def from_json(cls, path: str | Path) -> LevitConfig:
         path = Path(path)
+        if path.is_dir():
+            raise IsADirectoryError(f"{path} is a directory, not a config file (a checkpoint's config.json is the "
+                                    f"JSON file HF save_pretrained writes)")
         if not path.is_file():
+            if path.exists():  # a FIFO or a device: reading it could block forever
+                raise OSError(f"{path} is not a regular file, not a config file")
             raise FileNotFoundError(f"config file not found: {path}")
+        size = path.stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise ValueError(f"{path}: {size} bytes, too large for a config.json (at most {MAX_CONFIG_BYTES})")
         try:
             d = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, a number of more than 4300 digits
             raise ValueError(f"{path}: not valid JSON ({e})") from None
+        except RecursionError:
+            raise ValueError(f"{path}: not a config: its JSON is nested too deeply to parse") from None
         return cls.from_dict(d, source=str(path))
+
+
+# Upper bounds on config values. Each is far above any LeViT (the released ones: 224 px, depths <= 4, widths <= 768,
+# 1000 labels) and keeps what is built from the config before the tensors are checked (the label dict, the layer
+# plan, the attention bias index tables) small, so that an absurd config fails at once, naming its field.
+MAX_LABELS = 1_000_000  # ImageNet-21k has 21,843 classes; a million default labels build in well under a second
+MAX_DEPTH = 256  # blocks per stage (LeViT: 2 to 4)
+MAX_IMAGE_SIZE = 1024  # pixels: a first-stage attention's bias index table has (S/16)^4 entries, 4096^2 at 1024
+MAX_SIZE = 65_536  # every other size: channels, heads, key_dim, ratios, kernel, stride, padding
+MAX_DOWN_OPS = 1024  # down_ops entries, nearly all of them the [""] each HF model build appends
+MAX_CONFIG_BYTES = 64 * 2**20  # bytes of config.json; a million labels in id2label take about 30 MB
+PER_STAGE = ("hidden_sizes", "num_attention_heads", "depths", "key_dim", "mlp_ratio", "attention_ratio")
+
+
+def _show(v) -> str:
+    """A short repr for error messages: long lists, deep nesting, long strings and huge numbers abridged."""
+    r = reprlib.Repr()
+    r.maxlist = r.maxtuple = r.maxdict = 8
+    r.maxstring = r.maxother = r.maxlong = 60
+    r.maxlevel = 3
+    try:
+        return r.repr(v)
+    except (ValueError, RecursionError):  # an int of more than 4300 digits; a structure nested too deeply
+        return f"a {type(v).__name__}"
 
 
 def _int(v, what: str) -> int:
     if isinstance(v, bool) or not isinstance(v, int):
-        raise ValueError(f"{what} must be an integer, found {v!r}")
+        raise ValueError(f"{what} must be an integer, found {_show(v)}")
     return v
 
 
-def _int_tuple(v, what: str) -> tuple[int, ...]:
+def _int_tuple(v, what: str, length: int) -> tuple[int, ...]:
     if not isinstance(v, (list, tuple)):
-        raise ValueError(f"{what} must be a list of integers, found {v!r}")
+        raise ValueError(f"{what} must be a list of integers, found {_show(v)}")
+    if len(v) != length:  # checked first: a list of a million entries fails at once
+        raise ValueError(f"{what} must have {length} entries (one per stage), found {len(v)}: {_show(v)}")
     return tuple(_int(x, what) for x in v)
 
 
@@ -128,48 +166,98 @@ def _parse_down_ops(v, what: str) -> tuple[Subsample, ...]:
     # HF layout: [["Subsample", key_dim, heads, attention_ratio, mlp_ratio, stride], ..., [""]];
     # every HF model build appends one more [""], which marks "no downsampling after the last stage".
     if not isinstance(v, (list, tuple)):
-        raise ValueError(f"{what} must be a list, found {v!r}")
+        raise ValueError(f"{what} must be a list, found {_show(v)}")
+    if len(v) > MAX_DOWN_OPS:
+        raise ValueError(f"{what} has {len(v)} entries, more than the {MAX_DOWN_OPS} allowed: {_show(v)}")
     ops = []
     for i, op in enumerate(v):
         if isinstance(op, (list, tuple)) and len(op) >= 1 and op[0] == "":
             continue
         if not (isinstance(op, (list, tuple)) and len(op) == 6 and op[0] == "Subsample"):
             raise ValueError(f"{what}[{i}] must be ['Subsample', key_dim, heads, attention_ratio, mlp_ratio, stride]"
-                             f" or [''], found {op!r}")
+                             f" or [''], found {_show(op)}")
         ops.append(Subsample(*(_int(x, f"{what}[{i}]") for x in op[1:])))
     return tuple(ops)
 
 
 def _parse_id2label(d: dict, source: str) -> dict[int, str]:
-    if "id2label" in d:
-        raw = d["id2label"]
-        if not isinstance(raw, dict):
-            raise ValueError(f"{source}: id2label must be an object, found {raw!r}")
-        try:
-            id2label = {int(k): str(v) for k, v in raw.items()}
-        except ValueError:
-            raise ValueError(f"{source}: id2label keys must be integers, found {list(raw)[:5]}") from None
-        if sorted(id2label) != list(range(len(id2label))):
-            raise ValueError(f"{source}: id2label keys must be 0..{len(id2label) - 1}, found {sorted(id2label)[:10]}")
-        return id2label
-    n = _int(d.get("num_labels", 2), f"{source}: num_labels")  # HF's PretrainedConfig default is 2 labels
-    return {i: f"LABEL_{i}" for i in range(n)}
+    # Without id2label, num_labels (default 2, PretrainedConfig's) makes LABEL_0, LABEL_1, ... as HF does. HF never
+    # writes num_labels; when a config holds both and they disagree, HF warns and replaces the labels by LABEL_i:
+    # which one was meant is unknown, so that is refused here.
+    n = None if d.get("num_labels") is None else _num_labels(d["num_labels"], f"{source}: num_labels")
+    raw = d.get("id2label")
+    if raw is None:
+        return {i: f"LABEL_{i}" for i in range(2 if n is None else n)}
+    if not isinstance(raw, dict):
+        raise ValueError(f"{source}: id2label must be an object, found {_show(raw)}")
+    _num_labels(len(raw), f"{source}: the number of id2label entries")
+    if n is not None and n != len(raw):
+        raise ValueError(f"{source}: num_labels={n} disagrees with the {len(raw)} entries of id2label; remove one")
+    id2label = {}
+    for key, label in raw.items():
+        i = _label_id(key)
+        if i is None or i in id2label:
+            raise ValueError(f"{source}: id2label keys must be the integers 0..{len(raw) - 1}, each once, found "
+                             f"{_show(key)}")
+        if not isinstance(label, str):
+            raise ValueError(f"{source}: id2label[{_show(key)}] must be a string, found {_show(label)}")
+        id2label[i] = label
+    if sorted(id2label) != list(range(len(id2label))):
+        raise ValueError(f"{source}: id2label keys must be 0..{len(id2label) - 1}, found {_show(sorted(id2label))}")
+    return id2label
+
+
+def _num_labels(v, what: str) -> int:
+    n = _int(v, what)
+    if not 0 <= n <= MAX_LABELS:
+        raise ValueError(f"{what} must be in 0..{MAX_LABELS}, found {_show(n)}")
+    return n
+
+
+def _label_id(key) -> int | None:
+    """An id2label key: JSON's "0", "1", ... (ASCII digits) or, from Python, an int; None for anything else."""
+    if isinstance(key, int) and not isinstance(key, bool):
+        return key
+    if isinstance(key, str) and key.isascii() and key.isdigit() and len(key) <= len(str(MAX_LABELS)):
+        return int(key)
+    return None
+
+
+def _parse_architectures(v, what: str) -> str | None:
+    """config.json "architectures" (a list of class names, or null) -> the first LeViT class it names, if any."""
+    if v is None:
+        return None
+    if not isinstance(v, list) or not all(isinstance(a, str) for a in v):
+        raise ValueError(f"{what} must be a list of class names, found {_show(v)}")
+    return next((a for a in v if a in ARCHITECTURES), None)
+
+
+def _check_ints(c: LevitConfig, name: str, low: int, high: int) -> None:
+    """Config field `name` (an int or a tuple of them) is made of integers in low..high."""
+    v = getattr(c, name)
+    values = v if isinstance(v, tuple) else (v,)
+    if not all(isinstance(x, numbers.Integral) and not isinstance(x, bool) for x in values):
+        raise ValueError(f"{name} must be made of integers, found {_show(v)}")
+    if not all(low <= x <= high for x in values):
+        raise ValueError(f"{name} must be in {low}..{high}, found {_show(list(v) if isinstance(v, tuple) else v)}")
 
 
 def _validate(c: LevitConfig) -> None:
-    per_stage = ("hidden_sizes", "num_attention_heads", "depths", "key_dim", "mlp_ratio", "attention_ratio")
-    for name in per_stage:
+    for name in PER_STAGE:
         v = getattr(c, name)
-        if len(v) != NUM_STAGES:
-            raise ValueError(f"{name} must have {NUM_STAGES} entries (one per stage), found {list(v)}")
+        if not isinstance(v, (tuple, list)) or len(v) != NUM_STAGES:
+            raise ValueError(f"{name} must have {NUM_STAGES} entries (one per stage), found {_show(v)}")
+        object.__setattr__(c, name, tuple(v))  # a list given in Python becomes a tuple, as from_dict makes it
         low = 0 if name in ("depths", "mlp_ratio") else 1
-        if any(x < low for x in v):
-            raise ValueError(f"{name} must be >= {low}, found {list(v)}")
-    for name in ("image_size", "patch_size", "num_channels", "kernel_size", "stride"):
-        if getattr(c, name) < 1:
-            raise ValueError(f"{name} must be >= 1, found {getattr(c, name)}")
-    if c.padding < 0:
-        raise ValueError(f"padding must be >= 0, found {c.padding}")
+        _check_ints(c, name, low, MAX_DEPTH if name == "depths" else MAX_SIZE)
+    _check_ints(c, "image_size", 1, MAX_IMAGE_SIZE)
+    for name in ("patch_size", "num_channels", "kernel_size", "stride"):
+        _check_ints(c, name, 1, MAX_SIZE)
+    _check_ints(c, "padding", 0, MAX_SIZE)
+    _check_labels(c)
+    if c.architecture is not None and c.architecture not in ARCHITECTURES:
+        raise ValueError(f"architecture must be one of {', '.join(ARCHITECTURES)} or None, found "
+                         f"{_show(c.architecture)}")
     if not c.down_ops:  # HF LevitConfig.__post_init__
         kd, hs = c.key_dim[0], c.hidden_sizes
         object.__setattr__(c, "down_ops", tuple(Subsample(kd, hs[s] // kd, 4, 2, 2) for s in range(NUM_STAGES - 1)))
@@ -178,6 +266,8 @@ def _validate(c: LevitConfig) -> None:
     for s, sub in enumerate(c.down_ops):
         if min(sub.key_dim, sub.num_attention_heads, sub.attention_ratio, sub.stride) < 1 or sub.mlp_ratio < 0:
             raise ValueError(f"down_ops[{s}] has a non-positive entry: {sub}")
+        if max(sub.key_dim, sub.num_attention_heads, sub.attention_ratio, sub.mlp_ratio, sub.stride) > MAX_SIZE:
+            raise ValueError(f"down_ops[{s}] has an entry over {MAX_SIZE}: {sub}")
     # The conv stem must land exactly on the token grid the attention biases are built for.
     side = c.image_size
     for _ in range(4):
@@ -187,6 +277,14 @@ def _validate(c: LevitConfig) -> None:
         raise ValueError(f"image_size {c.image_size} gives a {side}x{side} grid after the conv stem but "
                          f"image_size // patch_size = {grid}; with the 3x3/stride-2 stem, image_size must be a "
                          f"multiple of {c.patch_size}")
+
+
+def _check_labels(c: LevitConfig) -> None:
+    labels = c.id2label
+    if not isinstance(labels, dict) or len(labels) > MAX_LABELS:
+        raise ValueError(f"id2label must be a dict of at most {MAX_LABELS} labels, found {_show(labels)}")
+    if set(labels) != set(range(len(labels))) or not all(isinstance(v, str) for v in labels.values()):
+        raise ValueError(f"id2label must map 0..{len(labels) - 1} to label strings, found {_show(labels)}")
 
 
 @dataclass(frozen=True)

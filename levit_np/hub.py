@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import re
+import reprlib
 from pathlib import Path
 
 from .checkpoint import CONFIG_NAME, WEIGHTS_NAME
@@ -41,9 +42,11 @@ def resolve(model: str | os.PathLike, *, download: bool | None = None) -> Path:
     """A local directory, a Hub id ("facebook/levit-128S") or a variant name ("128S") -> checkpoint directory.
 
     download: None follows HF_HUB_OFFLINE (download unless it is set); False looks only in the cache.
-    Raises WeightsNotFoundError with instructions when a Hub id cannot be resolved. A local path that does not
-    exist and is no Hub id is returned as is, for the loader to report.
+    Raises WeightsNotFoundError with instructions when a Hub id cannot be resolved, ValueError when `model` is not a
+    str / os.PathLike or is empty. A local path that does not exist and is no Hub id is returned as is, for the
+    loader to report.
     """
+    check_model_argument(model)
     path = Path(model)
     if path.exists():
         return path
@@ -54,6 +57,23 @@ def resolve(model: str | os.PathLike, *, download: bool | None = None) -> Path:
     if repo_id in RELEASED and all((local / f).is_file() for f in FILES):
         return local
     return hub_snapshot(repo_id, download=download)
+
+
+def check_model_argument(model) -> None:
+    """ValueError unless `model` is a non-empty str or os.PathLike: saying what a model argument may be."""
+    kinds = (f"a Hub id ({DEFAULT_MODEL!r}), a released variant name ({', '.join(VARIANTS)}) or a checkpoint "
+             f"directory path")
+    if isinstance(model, os.PathLike):
+        model = os.fspath(model)
+    if not isinstance(model, str):
+        raise ValueError(f"a model must be {kinds}; found {_short_repr(model)} ({type(model).__name__})")
+    if not model.strip():
+        raise ValueError(f"a model must be {kinds}; found an empty name {model!r}")
+
+
+def _short_repr(value) -> str:
+    text = reprlib.repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def hub_id(name: str) -> str | None:
@@ -104,7 +124,8 @@ def fetch(name: str, dest: str | os.PathLike | None = None) -> Path:
     Returns the directory holding config.json + model.safetensors. Files already there are not downloaded again;
     with HF_HUB_OFFLINE set, nothing is downloaded (WeightsNotFoundError unless they are there already).
     """
-    repo_id = hub_id(name)
+    check_model_argument(name)
+    repo_id = hub_id(os.fspath(name))
     if repo_id is None:
         raise ValueError(f"{name!r} is not a Hub model id (owner/name) nor a released variant "
                          f"({', '.join(VARIANTS)})")

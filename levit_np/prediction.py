@@ -5,13 +5,16 @@
 
 Images are preprocessed exactly as HF's LevitImageProcessor does (`preprocessing.py`), run through the model in
 batches of `batch_size` (so memory stays bounded however many images there are), and each image's top_k labels
-come with their softmax probabilities. Loaded models are cached: repeated calls with the same model do not reload.
+come with their softmax probabilities. Loaded models are cached: repeated calls with the same model do not reload,
+and threads asking for the same model at once load it once. An image whose logits are not all finite (NaN or
+inf, from a broken checkpoint) is reported as failed, never given NaN probabilities.
 """
 
 from __future__ import annotations
 
-import functools
 import os
+import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 
 import numpy as np
@@ -21,17 +24,20 @@ from .model import Levit, from_pretrained
 from .preprocessing import as_image_list, check_image, describe, is_single_image, preprocess_image
 
 DEFAULT_BATCH_SIZE = 32  # 32 x 3 x 224 x 224 float32 = 19 MB of input per batch
+CACHED_MODELS = 2  # loaded models kept, least recently used dropped first
 
 
 def predict(images, model: str | os.PathLike | Levit = DEFAULT_MODEL, top_k: int = 5, backend: str | None = None,
             batch_size: int = DEFAULT_BATCH_SIZE):
     """Top-k (label, probability) pairs, most probable first, for one image; a list of such lists for a list.
 
-    images: a path, a PIL image or a uint8 (H, W[, C]) array, or a list of them (or a (B, H, W, C) uint8 array).
+    images: a path, a PIL image, a uint8 / uint16 (H, W[, C]) array, an encoded image file (bytes, bytearray,
+        memoryview, a binary file object), or a list of them (or a (B, H, W, C) array).
     model: a Hub id ("facebook/levit-128S"), a variant ("128S"), a local checkpoint directory, or a loaded `Levit`.
-    backend: None for `from_pretrained`'s default, else a name from `levit_np.model.BACKENDS`.
-    Raises OSError / ValueError naming the image for a missing file, a non-image file, an empty image or a wrong
-    array; `levit_np.hub.WeightsNotFoundError` (with instructions) when the weights cannot be found or fetched.
+    backend: None or "auto" for `from_pretrained`'s default, else "numba" or "numpy".
+    Raises OSError / ValueError naming the image for a missing file, a non-image file, an empty image, a wrong
+    array or logits that are not finite; `levit_np.hub.WeightsNotFoundError` (with instructions) when the weights
+    cannot be found or fetched.
     """
     single = is_single_image(images)
     items = as_image_list(images)
@@ -49,18 +55,19 @@ def iter_predictions(images: list, model: Levit, *, top_k: int = 5, batch_size: 
                      names: list[str] | None = None, errors: str = "raise") -> Iterator[tuple[int, list | Exception]]:
     """Yield (index, top-k predictions) for each image of `images`, in order, `batch_size` images at a time.
 
-    errors="raise": the first image that cannot be read raises. errors="return": it yields (index, the OSError or
-    ValueError) instead and the other images go on (the command line's folder mode).
+    errors="raise": the first image that cannot be read, or whose logits are not all finite, raises.
+    errors="return": it yields (index, the OSError or ValueError) instead and the other images go on (the command
+    line's folder mode).
     """
     if errors not in ("raise", "return"):
         raise ValueError(f"errors must be 'raise' or 'return', found {errors!r}")
     size = model.config.image_size
+    names = names or [describe(im, i) for i, im in enumerate(images)]
     for start in range(0, len(images), batch_size):
         results, pixels = {}, {}
         for i in range(start, min(start + batch_size, len(images))):
-            name = names[i] if names else describe(images[i], i)
             try:
-                pixels[i] = preprocess_image(images[i], size, name=name)  # (3, S, S)
+                pixels[i] = preprocess_image(images[i], size, name=names[i])  # (3, S, S)
             except (OSError, ValueError) as e:
                 if errors == "raise":
                     raise
@@ -68,9 +75,23 @@ def iter_predictions(images: list, model: Levit, *, top_k: int = 5, batch_size: 
         if pixels:
             logits = model(np.stack(list(pixels.values()))).logits  # (b, 3, S, S) -> (b, num_labels)
             for i, row in zip(pixels, logits, strict=True):
-                results[i] = top_labels(row, model.config.id2label, top_k)
+                error = nonfinite_error(row, names[i])
+                if error is not None and errors == "raise":
+                    raise error
+                results[i] = error or top_labels(row, model.config.id2label, top_k)
         for i in sorted(results):
             yield i, results[i]
+
+
+def nonfinite_error(logits: np.ndarray, name: str) -> ValueError | None:
+    """The error to report for an image whose (num_labels,) logits hold NaN or inf (no softmax of them means
+    anything); None when they are all finite."""
+    if np.isfinite(logits).all():
+        return None
+    counts = ((int(np.isnan(logits).sum()), "NaN"), (int(np.isinf(logits).sum()), "inf"))
+    found = ", ".join(f"{n} {what}" for n, what in counts if n)
+    return ValueError(f"{name}: the model's logits for this image are not all finite ({found} of {logits.size}); "
+                      f"the checkpoint's weights or the input hold NaN or inf, or overflow float32")
 
 
 def top_labels(logits: np.ndarray, id2label: dict[int, str], top_k: int) -> list[tuple[str, float]]:
@@ -85,7 +106,7 @@ def top_labels(logits: np.ndarray, id2label: dict[int, str], top_k: int) -> list
 def load_model(model: str | os.PathLike | Levit = DEFAULT_MODEL, backend: str | None = None) -> Levit:
     """A loaded classification model: `model` itself if it is a Levit, else from_pretrained(model), cached."""
     if isinstance(model, Levit):
-        if backend is not None and backend != model.backend:
+        if backend not in (None, "auto") and backend != model.backend:
             raise ValueError(f"backend={backend!r} was given with a model already loaded with backend "
                              f"{model.backend!r}; load it with from_pretrained(..., backend={backend!r})")
         m = model
@@ -100,12 +121,25 @@ def load_model(model: str | os.PathLike | Levit = DEFAULT_MODEL, backend: str | 
     return m
 
 
-@functools.lru_cache(maxsize=2)
+_models: OrderedDict[tuple[str, str | None], Levit] = OrderedDict()  # (name, backend) -> model, most recent last
+_models_lock = threading.Lock()  # held while loading: threads asking at once wait for the one load
+
+
 def _load_cached(name: str, backend: str | None) -> Levit:
-    return from_pretrained(name) if backend is None else from_pretrained(name, backend=backend)
+    key = (name, backend)
+    with _models_lock:
+        if key not in _models:
+            _models[key] = from_pretrained(name) if backend is None else from_pretrained(name, backend=backend)
+            while len(_models) > CACHED_MODELS:
+                _models.popitem(last=False)
+        _models.move_to_end(key)
+        return _models[key]
 
 
-clear_model_cache = _load_cached.cache_clear  # forget the loaded models (e.g. after replacing a checkpoint)
+def clear_model_cache() -> None:
+    """Forget the loaded models (e.g. after replacing a checkpoint)."""
+    with _models_lock:
+        _models.clear()
 
 
 def _check_positive_int(value, what: str) -> None:

@@ -13,10 +13,26 @@ Unlike HF, which fails on anything but 3-channel images, every image is first ma
 the like through Pillow's `convert("RGB")`; images with transparency (RGBA, LA, palette + transparency) are
 composited onto white, as HF's own `convert_to_rgb` does when asked (`do_convert_rgb=True`). Files are opened with
 their EXIF orientation applied, as HF's `load_image` does.
+
+Images of more than 8 bits per sample are first scaled to 8 bits by their bit depth, round(v * 255 / 65535) (Pillow's
+own conversion clips them instead, so that a 16-bit photo would come out all white):
+- 16-bit: PIL modes I;16, I;16L, I;16B, I;16N and uint16 arrays (v * 257 becomes v exactly);
+- PIL mode I (32-bit integers: a 16-bit PPM, an integer TIFF, ...) by the 16-bit convention too. Only an image built
+  in memory (no file format, e.g. `convert("I")` of an 8-bit image) whose values all fit in 0..255 is taken as
+  8-bit values, as Pillow and HF read it. Values below 0 or above 65535 are refused (ValueError).
+Float images (PIL mode F, float arrays) are refused with a ValueError saying how to convert them: their range
+([0, 1]? [0, 255]?) is a convention the image does not carry.
+
+An image is a path, a PIL image, a NumPy array, or an encoded image file: bytes / bytearray / memoryview or a binary
+file object (`open(path, "rb")`, io.BytesIO). Whatever Pillow raises while decoding or converting one (OSError,
+SyntaxError, struct.error, a closed image's ValueError, DecompressionBombError, ...) becomes an OSError or
+ValueError naming the image.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 from pathlib import Path
 
@@ -27,13 +43,15 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)  # HF's IMAGENET_DEFAULT_MEAN
 IMAGENET_STD = (0.229, 0.224, 0.225)  # HF's IMAGENET_DEFAULT_STD
 RESCALE_FACTOR = 1 / 255  # HF's default rescale_factor
 DEFAULT_IMAGE_SIZE = 224
+BYTES = (bytes, bytearray, memoryview)  # an encoded image file in memory
 
 
 def preprocess(images, image_size: int = DEFAULT_IMAGE_SIZE) -> np.ndarray:
     """Turn one image or a list of images into LeViT's input, (B, 3, image_size, image_size) float32.
 
-    An image is a path (str or Path), a PIL image, or a uint8 array (H, W), (H, W, 1), (H, W, 3) or (H, W, 4);
-    a 4-D uint8 array (B, H, W, C) is a batch. `image_size` is the model's `config.image_size`.
+    An image is a path (str or Path), a PIL image, a uint8 or uint16 array (H, W), (H, W, 1), (H, W, 3) or (H, W, 4),
+    or an encoded image file (bytes, bytearray, memoryview, a binary file object); a 4-D array (B, H, W, C) is a
+    batch. `image_size` is the model's `config.image_size`.
     Raises OSError (missing or unreadable file) or ValueError (bad array, empty image), naming the image.
     """
     items = as_image_list(images)
@@ -55,7 +73,8 @@ def preprocess_image(image, image_size: int = DEFAULT_IMAGE_SIZE, *, name: str |
         raise ValueError(f"{name}: a {rgb.width}x{rgb.height} image would be resized to {width}x{height} "
                          f"({height * width} pixels, over Pillow's limit of {limit}); crop it to a less extreme "
                          f"aspect ratio first")
-    resized = np.asarray(rgb.resize((width, height), Image.Resampling.BICUBIC))  # (H', W', 3) uint8
+    with pillow_errors(name, "cannot resize the image"):
+        resized = np.asarray(rgb.resize((width, height), Image.Resampling.BICUBIC))  # (H', W', 3) uint8
     top, left = (height - image_size) // 2, (width - image_size) // 2  # never negative: short >= image_size
     crop = resized[top:top + image_size, left:left + image_size]  # (S, S, 3) uint8
     x = (crop.astype(np.float64) * RESCALE_FACTOR).astype(np.float32)  # HF rescales in float64, then casts
@@ -80,22 +99,22 @@ def resize_shape(height: int, width: int, short: int) -> tuple[int, int]:
 
 
 def load_rgb(image, *, name: str | None = None) -> Image.Image:
-    """A path, PIL image or uint8 array -> an RGB PIL image (loaded, file closed). See the module docstring."""
+    """A path, PIL image, array or encoded file -> an RGB PIL image (loaded, file closed). See the module docstring."""
     name = name or describe(image)
-    if isinstance(image, (str, os.PathLike)):
-        img = _open(Path(image), name)
-    elif isinstance(image, Image.Image):
-        img = image
+    check_image(image, name=name)
+    if isinstance(image, Image.Image):
+        img, from_file = image, image.format is not None  # Pillow sets `format` on images it decoded from a file
+        with pillow_errors(name, "cannot read the image"):
+            img.load()  # a lazily opened PIL image decodes here; a closed one fails here
     elif isinstance(image, np.ndarray):
-        img = _from_array(image, name)
+        img, from_file = _from_array(image, name), False
     else:
-        raise ValueError(f"{name}: expected a path, a PIL image or a uint8 array, found {type(image).__name__}")
+        img, from_file = _open(image, name), True
     if img.width < 1 or img.height < 1:
         raise ValueError(f"{name}: the image is empty ({img.width}x{img.height} pixels)")
-    try:
+    img = to_8bit(img, name=name, from_file=from_file)
+    with pillow_errors(name, f"cannot convert a {img.mode} image to RGB"):  # e.g. an exotic mode
         return to_rgb(img)
-    except (ValueError, OSError) as e:  # e.g. an exotic mode Pillow cannot convert, or a truncated file
-        raise type(e)(f"{name}: cannot convert a {img.mode} image to RGB ({e})") from None
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -107,6 +126,33 @@ def to_rgb(img: Image.Image) -> Image.Image:
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(white, rgba).convert("RGB")
     return img.convert("RGB")
+
+
+def to_8bit(img: Image.Image, *, name: str, from_file: bool) -> Image.Image:
+    """A PIL image of more than 8 bits per sample -> 8 bits, scaled by its bit depth (rules in the module docstring);
+    8-bit modes as they are. `from_file`: Pillow decoded it from a file, so mode I there means more than 8 bits."""
+    if img.mode == "F":
+        raise ValueError(f"{name}: a float image (PIL mode F) has no fixed range; convert it to 8 bits first, e.g. "
+                         f"Image.fromarray((np.asarray(img).clip(0, 1) * 255).round().astype(np.uint8)) for values "
+                         f"in [0, 1]")
+    if img.mode.startswith("I;16"):
+        return Image.fromarray(scale_to_uint8(np.asarray(img), 65535))
+    if img.mode != "I":
+        return img
+    a = np.asarray(img)  # (H, W) int32
+    low, high = int(a.min()), int(a.max())
+    if low < 0 or high > 65535:
+        raise ValueError(f"{name}: a 32-bit integer image (PIL mode I) with values {low}..{high}, outside the 16-bit "
+                         f"range 0..65535 this library scales by; scale it to uint8 (0..255) first")
+    if high <= 255 and not from_file:  # 8-bit values held in mode I, e.g. convert("I") of an 8-bit image
+        return Image.fromarray(a.astype(np.uint8))
+    return Image.fromarray(scale_to_uint8(a, 65535))
+
+
+def scale_to_uint8(a: np.ndarray, max_value: int) -> np.ndarray:
+    """Integers in 0..max_value -> uint8 round(a * 255 / max_value), in exact integer arithmetic. For max_value 65535
+    (odd, so never a tie) v * 257 -> v exactly."""
+    return ((a.astype(np.int64) * 255 + max_value // 2) // max_value).astype(np.uint8)
 
 
 def as_image_list(images) -> list:
@@ -122,10 +168,15 @@ def as_image_list(images) -> list:
 
 
 def is_single_image(images) -> bool:
-    """True for one path / PIL image / array of at most 3 dimensions; False for lists and 4-D arrays."""
+    """True for one path / PIL image / encoded file / array of at most 3 dimensions; False for lists and 4-D arrays."""
     if isinstance(images, np.ndarray):
         return images.ndim != 4
-    return isinstance(images, (str, os.PathLike, Image.Image))
+    return isinstance(images, (str, os.PathLike, Image.Image, *BYTES)) or is_file_object(images)
+
+
+def is_file_object(image) -> bool:
+    """An open file (binary or, to be refused with a hint, text): anything with a read() method."""
+    return callable(getattr(image, "read", None)) and not isinstance(image, Image.Image)
 
 
 def describe(image, index: int | None = None) -> str:
@@ -136,6 +187,10 @@ def describe(image, index: int | None = None) -> str:
         what = f"PIL image ({image.mode}, {image.width}x{image.height})"
     elif isinstance(image, np.ndarray):
         what = f"array of shape {image.shape} and dtype {image.dtype}"
+    elif isinstance(image, BYTES):
+        what = f"{type(image).__name__} of length {memoryview(image).nbytes}"
+    elif is_file_object(image) and isinstance(getattr(image, "name", None), str):
+        what = f"file object {image.name!r}"
     else:
         what = type(image).__name__
     return what if index is None else f"image {index} ({what})"
@@ -148,8 +203,31 @@ def check_image(image, *, name: str | None = None) -> None:
         _check_path(Path(image), name)
     elif isinstance(image, np.ndarray):
         _check_array(image, name)
+    elif isinstance(image, BYTES):
+        if memoryview(image).nbytes == 0:
+            raise ValueError(f"{name}: no data (an empty image file)")
+    elif is_file_object(image):
+        _check_file_object(image, name)
     elif not isinstance(image, Image.Image):
-        raise ValueError(f"{name}: expected a path, a PIL image or a uint8 array, found {type(image).__name__}")
+        raise ValueError(f"{name}: expected a path, a PIL image, a uint8 array or an image file's bytes, found "
+                         f"{type(image).__name__}")
+
+
+@contextlib.contextmanager
+def pillow_errors(name: str, doing: str):
+    """Whatever Pillow raises inside becomes an OSError / ValueError naming the image. Pillow's decoders raise more
+    than OSError on damaged files (SyntaxError, struct.error, IndexError, EOFError, ...): all are "cannot read"."""
+    try:
+        yield
+    except UnidentifiedImageError:
+        raise OSError(f"{name}: not an image file Pillow can read") from None
+    except Image.DecompressionBombError as e:  # not an OSError
+        raise ValueError(f"{name}: {e}") from None
+    except ValueError as e:  # e.g. a closed image, an unsupported conversion
+        raise ValueError(f"{name}: {doing} ({e})") from None
+    except Exception as e:
+        detail = str(e) if isinstance(e, OSError) else f"{type(e).__name__}: {e}"
+        raise OSError(f"{name}: {doing} ({detail})") from None
 
 
 def _check_path(path: Path, name: str) -> None:
@@ -160,27 +238,34 @@ def _check_path(path: Path, name: str) -> None:
     if path.is_dir():
         raise IsADirectoryError(f"{name} is a directory, not an image file (pass its files, or use the "
                                 f"`levit-np predict DIR` command line, which reads a folder)")
+    if not path.is_file():  # a FIFO or a device: reading it could block forever
+        raise OSError(f"{name} is not a regular file")
 
 
-def _open(path: Path, name: str) -> Image.Image:
-    _check_path(path, name)
-    try:
-        with Image.open(path) as img:
-            img = ImageOps.exif_transpose(img)  # HF's load_image applies the EXIF orientation too
-            img.load()  # decode now, while the file is open: truncated files fail here, naming the file
-            return img
-    except UnidentifiedImageError:
-        raise OSError(f"{name}: not an image file Pillow can read") from None
-    except Image.DecompressionBombError as e:
-        raise ValueError(f"{name}: {e}") from None
-    except OSError as e:
-        raise OSError(f"{name}: cannot read the image ({e})") from None
+def _check_file_object(f, name: str) -> None:
+    if getattr(f, "closed", False):
+        raise ValueError(f"{name}: the file object is closed")
+    mode = getattr(f, "mode", None)
+    if isinstance(f, io.TextIOBase) or (isinstance(mode, str) and "b" not in mode):
+        raise ValueError(f"{name}: a file opened in text mode; open image files in binary mode, open(path, 'rb')")
+
+
+def _open(image, name: str) -> Image.Image:
+    """A path, bytes or binary file object -> the decoded PIL image, EXIF orientation applied."""
+    source = io.BytesIO(image if isinstance(image, bytes) else memoryview(image).tobytes()) \
+        if isinstance(image, BYTES) else image
+    with pillow_errors(name, "cannot read the image"), Image.open(source) as img:
+        img = ImageOps.exif_transpose(img)  # HF's load_image applies the EXIF orientation too
+        img.load()  # decode now, while the file is open: truncated files fail here, naming the file
+        return img
 
 
 def _check_array(a: np.ndarray, name: str) -> None:
-    if a.dtype != np.uint8:
-        raise ValueError(f"{name}: image arrays must be uint8 (0..255), found dtype {a.dtype}; for floats in [0, 1] "
-                         f"pass (x * 255).round().astype(np.uint8)")
+    if a.dtype.kind != "u" or a.dtype.itemsize not in (1, 2):
+        hint = ("for floats in [0, 1] pass (x.clip(0, 1) * 255).round().astype(np.uint8)" if a.dtype.kind == "f"
+                else "scale it to uint8 (0..255) first")
+        raise ValueError(f"{name}: image arrays must be uint8 (0..255) or uint16 (0..65535, scaled to 8 bits), "
+                         f"found dtype {a.dtype}; {hint}")
     if not (a.ndim == 2 or (a.ndim == 3 and a.shape[2] in (1, 3, 4))):
         raise ValueError(f"{name}: image arrays must be (H, W) or channels-last (H, W, C) with C in 1, 3, 4, "
                          f"found shape {a.shape}")
@@ -189,7 +274,9 @@ def _check_array(a: np.ndarray, name: str) -> None:
 
 
 def _from_array(a: np.ndarray, name: str) -> Image.Image:
-    _check_array(a, name)
+    """A checked uint8 / uint16 array -> a PIL image of 8 bits per sample."""
+    if a.dtype.itemsize == 2:  # uint16
+        a = scale_to_uint8(a, 65535)
     if a.ndim == 3 and a.shape[2] == 1:
         a = a[:, :, 0]
     return Image.fromarray(np.ascontiguousarray(a))  # mode L, RGB or RGBA from the shape

@@ -117,10 +117,12 @@ def test_predict_weights_missing_offline(tmp_path, capsys):
     assert "levit-np fetch facebook/levit-128S" in err
 
 
-def test_unknown_backend(small, tmp_path, capsys):
+def test_unknown_backend_is_a_usage_error_naming_the_choices(small, tmp_path, capsys):
     [path] = save_images(tmp_path, ["cat.png"])
-    code, _, err = run(capsys, "predict", path, "--model", small, "--backend", "nope")
-    assert code == 1 and "unknown backend 'nope'" in err
+    with pytest.raises(SystemExit) as info:
+        main(["predict", path, "--model", str(small), "--backend", "nope"])
+    assert info.value.code == 2
+    assert "invalid choice: 'nope'" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv", [["predict"], ["predict", "x.png", "--top-k", "0"], ["predict", "x.png",

@@ -111,3 +111,21 @@ def test_read_only_install_caches_in_the_users_cache_directory(small):
         assert warm["first_backend"] == "numba" and warm["compilations"] == 0
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_levit_np_compile_then_info_says_auto_runs_numba(small, tmp_path):
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba-cache")}
+
+    def cli(*args):
+        out = subprocess.run([sys.executable, "-m", "levit_np", *args], capture_output=True, text=True, env=env,
+                             timeout=900)
+        assert out.returncode == 0, out.stderr[-2000:]
+        return out
+
+    assert json.loads(cli("info", str(small), "--json").stdout)["fast_path"]["auto_backend"]["float32"] != "numba"
+    done = cli("compile")
+    assert "compiling the numba kernels (float32)" in done.stderr and "float32: compiled in" in done.stdout
+    fast = json.loads(cli("info", str(small), "--json").stdout)["fast_path"]
+    assert fast["auto_backend"]["float32"] == "numba"
+    assert Path(fast["numba_cache"]).is_relative_to(tmp_path / "numba-cache")
+    assert "already compiled" in cli("compile").stdout
