@@ -6,6 +6,7 @@ reported by key, with the expected and the found shape, rather than as a NumPy e
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from .config import NUM_STAGES, Layer, LevitConfig
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+INDEX_NAME = "model.safetensors.index.json"  # a sharded save_pretrained: {"weight_map": {key: shard file name}}
 
 # safetensors dtype -> NumPy dtype (little-endian, as the format specifies). BF16 has no NumPy dtype: see _to_numpy.
 _DTYPES = {"F16": "<f2", "F32": "<f4", "F64": "<f8", "BF16": "<u2"}
@@ -38,9 +40,9 @@ def load_checkpoint(path: str | Path, dtype=np.float32) -> tuple[LevitConfig, st
         raise NotADirectoryError(f"{path} is not a directory: expected a directory holding {CONFIG_NAME} and "
                                  f"{WEIGHTS_NAME}, as written by HF save_pretrained")
     config = LevitConfig.from_json(path / CONFIG_NAME)
-    tensors = read_safetensors(path / WEIGHTS_NAME)
+    tensors, file = read_weights(path)
     architecture = config.architecture or _infer_architecture(tensors)
-    flat = _check_against_config(tensors, config, architecture, path / WEIGHTS_NAME)
+    flat = _check_against_config(tensors, config, architecture, file)
     return config, architecture, weight_tree({k: _to_numpy(t, dtype) for k, t in flat.items()}, config)
 
 
@@ -86,8 +88,32 @@ def hf_layer_keys(config: LevitConfig) -> list[tuple[Layer, str]]:
     return keys
 
 
+def read_weights(path: Path) -> tuple[dict[str, dict], Path]:
+    """Every tensor of a checkpoint directory, from model.safetensors or, when it is sharded, from the shards its
+    index lists; and the file to name in errors."""
+    index = path / INDEX_NAME
+    if (path / WEIGHTS_NAME).exists() or not index.is_file():
+        return read_safetensors(path / WEIGHTS_NAME), path / WEIGHTS_NAME
+    try:
+        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        shards = sorted(set(weight_map.values()))
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ValueError(f"{index}: not a safetensors index (a JSON object with a 'weight_map'): {e}") from None
+    tensors = {}
+    for shard in shards:
+        if not isinstance(shard, str) or Path(shard).name != shard:
+            raise ValueError(f"{index}: shard {shard!r} is not a file name in {path}")
+        for key, t in read_safetensors(path / shard).items():
+            if key in tensors:
+                raise ValueError(f"{index}: tensor {key!r} appears in more than one shard")
+            tensors[key] = t
+    return tensors, index
+
+
 def read_safetensors(path: Path) -> dict[str, dict]:
     """{key: {"dtype", "shape", "data"}} for every tensor of a safetensors file; OSError naming a bad file."""
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a directory, not a safetensors weights file")
     if not path.is_file():
         hint = ""
         if (path.parent / "pytorch_model.bin").exists():
@@ -170,7 +196,17 @@ def _check_against_config(tensors, config, architecture, file) -> dict[str, dict
         if flat[key]["dtype"] not in _DTYPES:
             raise ValueError(f"{file}: tensor {spelled(key)!r} has dtype {flat[key]['dtype']}, expected a float "
                              f"type ({', '.join(_DTYPES)})")
+        if not _all_finite(flat[key]):
+            raise ValueError(f"{file}: tensor {spelled(key)!r} holds NaN or infinite values: the checkpoint is "
+                             f"broken (every prediction would be NaN)")
     return flat
+
+
+def _all_finite(t: dict) -> bool:
+    raw = np.frombuffer(t["data"], dtype=_DTYPES[t["dtype"]])
+    if t["dtype"] == "BF16":  # exponent bits all ones: inf or NaN
+        return not ((raw & 0x7F80) == 0x7F80).any()
+    return bool(np.isfinite(raw).all())
 
 
 def _to_numpy(t: dict, dtype) -> np.ndarray:

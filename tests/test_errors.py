@@ -170,3 +170,44 @@ def test_pixel_values_must_be_a_float_array(ckpt, bad):
     model = levit_np.from_pretrained(ckpt)
     with raises(ValueError, "pixel_values", "preprocess"):
         model(bad)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_non_finite_weights_are_refused_naming_the_key(ckpt, bad, dtype):
+    import torch
+    from safetensors.torch import load_file as load_torch
+    from safetensors.torch import save_file as save_torch
+
+    f = ckpt / "model.safetensors"
+    t = {k: v.to(getattr(torch, dtype)) for k, v in load_torch(f).items()}
+    t[KEY][1, 2] = bad
+    save_torch(t, f)
+    with raises(ValueError, f"'{KEY}'", "NaN or infinite"):
+        levit_np.from_pretrained(ckpt)
+
+
+def test_weights_file_that_is_a_directory(ckpt):
+    (ckpt / "model.safetensors").unlink()
+    (ckpt / "model.safetensors").mkdir()
+    with raises(IsADirectoryError, ckpt / "model.safetensors", "directory"):
+        levit_np.from_pretrained(ckpt)
+
+
+def test_sharded_checkpoint_loads_like_the_whole_one(checkpoint, tmp_path):
+    hf_model, path = checkpoint("LevitForImageClassificationWithTeacher", num_labels=10, **SMALL)
+    hf_model.save_pretrained(tmp_path / "sharded", max_shard_size="100KB")
+    assert (tmp_path / "sharded" / "model.safetensors.index.json").is_file()
+    assert not (tmp_path / "sharded" / "model.safetensors").exists()
+    x = np.random.default_rng(0).standard_normal((2, 3, 64, 64), dtype=np.float32)
+    whole = levit_np.from_pretrained(path, backend="numpy")(x).logits
+    np.testing.assert_array_equal(levit_np.from_pretrained(tmp_path / "sharded", backend="numpy")(x).logits, whole)
+
+
+def test_sharded_index_naming_a_missing_shard(checkpoint, tmp_path):
+    hf_model, _ = checkpoint("LevitForImageClassificationWithTeacher", num_labels=10, **SMALL)
+    hf_model.save_pretrained(tmp_path / "sharded", max_shard_size="100KB")
+    shard = sorted((tmp_path / "sharded").glob("model-*.safetensors"))[0]
+    shard.unlink()
+    with raises(FileNotFoundError, shard.name):
+        levit_np.from_pretrained(tmp_path / "sharded")
