@@ -1,11 +1,13 @@
 """The LeViT forward pass, top to bottom as in the paper, over a backend (`backend.py`): the layer functions.
 
-`backend="numpy"` runs `layers.py`, the readable reference; `backend="numba"` (the default) runs `levit_np/fast/`,
-the same functions as parallel Numba kernels with BatchNorm folded into the weights.
+`backend="numpy"` runs `layers.py`, the readable reference; `backend="numba"` runs `levit_np/fast/`, the same
+functions as parallel Numba kernels with BatchNorm folded into the weights; `backend="auto"` (the default) is numba
+once its kernels are compiled, numpy until then (`Levit`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -23,6 +25,7 @@ DTYPES = {"float32": np.float32, "float64": np.float64}
 CHOICES = ("auto", *BACKENDS)  # "auto", the default: numba once its kernels are compiled, the numpy reference before
 log = logging.getLogger("levit_np")
 _SAID = set()  # the one-time messages already logged in this process
+_MARKED = set()  # the dtypes whose kernels this process has marked compiled (compiled.mark_compiled)
 
 
 @dataclass
@@ -136,22 +139,20 @@ class Levit:
         own_done = self._compiling is not None and self._compiling.poll() is not None
         if self._waiting and (own_done or time.monotonic() >= self._next_check):
             self._look_for_compiled_kernels()
-        if self.backend == "numba":
+        numba = self.backend == "numba"
+        if numba:
             from .fast import threads
 
             threads.check_not_forked()
             self._say_if_compiling()
-            with threads.FORWARD_LOCK:  # one forward at a time in a process: see fast/threads.py
-                out = levit_forward(x, self._params, self.config, self._ops, self.architecture,
-                                    output_hidden_states=output_hidden_states, output_attentions=output_attentions)
-        else:
+        with threads.FORWARD_LOCK if numba else contextlib.nullcontext():  # numba: one forward at a time
             out = levit_forward(x, self._params, self.config, self._ops, self.architecture,
                                 output_hidden_states=output_hidden_states, output_attentions=output_attentions)
-        if self.backend == "numba" and ("compiled", self.dtype.name) not in _SAID:
+        if numba and self.dtype.name not in _MARKED:
             from .fast import compiled
 
             compiled.mark_compiled(self.dtype.name)  # a whole forward pass ran: every kernel of this dtype is cached
-            _SAID.add(("compiled", self.dtype.name))
+            _MARKED.add(self.dtype.name)
         return out
 
     def _look_for_compiled_kernels(self) -> None:
@@ -174,7 +175,7 @@ class Levit:
 
         if compiled.DISABLE_JIT:  # nothing compiles
             return
-        if ("compiled", self.dtype.name) not in _SAID and not compiled.is_compiled(self.dtype.name):
+        if self.dtype.name not in _MARKED and not compiled.is_compiled(self.dtype.name):
             _say_once(f"foreground-{self.dtype.name}", f"compiling the numba kernels ({self.dtype.name}) for this CPU "
                       f"(once: later runs load them from {compiled.cache_dir()})...")
 

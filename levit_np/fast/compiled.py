@@ -11,6 +11,7 @@ cache from a cold one without compiling anything.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import subprocess
@@ -35,8 +36,10 @@ def cache_dir() -> Path:
     return Path(kernels._conv_kernel._cache._cache_path)
 
 
+@functools.cache
 def cache_key() -> str:
-    """What the compiled code depends on: our kernel sources (as Numba stamps them), Numba, Python and the CPU."""
+    """What the compiled code depends on: our kernel sources (as Numba stamps them), Numba, Python and the CPU.
+    Once per process, as the kernels this process compiled or loaded are."""
     parts = [__version__, numba.__version__, llvmlite.__version__, sys.version, *numba_target()]
     for f in sorted(Path(__file__).parent.glob("*.py")):
         st = f.stat()
