@@ -7,6 +7,7 @@ reported by key, with the expected and the found shape, rather than as a NumPy e
 from __future__ import annotations
 
 import json
+import mmap
 from pathlib import Path
 
 import numpy as np
@@ -120,10 +121,18 @@ def read_safetensors(path: Path) -> dict[str, dict]:
             hint = (" (found pytorch_model.bin: levit-np reads only safetensors; convert with "
                     "`model.save_pretrained(dir, safe_serialization=True)` in transformers)")
         raise FileNotFoundError(f"weights file not found: {path}{hint}")
-    try:
-        return dict(safetensors.deserialize(path.read_bytes()))
+    try:  # safetensors checks the header (its size, every tensor's extent against the file) before any data is read
+        with safetensors.safe_open(path, framework="numpy"):
+            pass
     except safetensors.SafetensorError as e:
         raise OSError(f"{path}: not a valid safetensors file, truncated or corrupt? ({e})") from None
+    with path.open("rb") as f:
+        header_size = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(header_size))
+        # mapped, not read: only the tensors the config asks for are touched, each once (checked, then converted)
+        data = memoryview(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ))[8 + header_size:]
+    return {key: {"dtype": t["dtype"], "shape": t["shape"], "data": data[t["data_offsets"][0]:t["data_offsets"][1]]}
+            for key, t in header.items() if key != "__metadata__"}
 
 
 def _infer_architecture(tensors) -> str:

@@ -82,6 +82,10 @@ class Levit:
     `backend` is the one in use now, "numba" or "numpy". Built with backend="auto", a model whose numba kernels are
     not compiled yet runs the numpy reference while a background process compiles them, and moves to numba on the
     first call after that process is done (the same outputs to float32 rounding).
+
+    A model pickles and deep-copies (for process pools and distributed engines): the copy is rebuilt from the
+    config, the architecture, the checkpoint's weights, the dtype and the backend asked for ("auto" chooses again
+    where the copy lands), and computes the same outputs bit for bit on the same machine and backend.
     """
 
     def __init__(self, config: LevitConfig, architecture: str, params: dict, *, backend: str = "auto",
@@ -93,7 +97,8 @@ class Levit:
         self.dtype = np.dtype(dtype)
         self.name = name
         self.num_parameters = _count_parameters(params)
-        self._weights = params  # the checkpoint's tree, kept while a move to numba may still come
+        self._requested = backend  # what the caller asked for: a pickled model is rebuilt with it
+        self._weights = params  # the checkpoint's tree: what numba's prepare folds, and what a pickle carries
         self._compiling = None  # the background compile (subprocess.Popen) this model started, if any
         self._waiting = False  # backend="auto" on numpy, waiting for the numba kernels to be compiled
         if backend == "auto":
@@ -124,8 +129,18 @@ class Levit:
         self._params = self._ops.prepare(self._weights, self.config)
         self.backend = backend
         if backend == "numba":
-            self._weights = self._compiling = None
+            self._compiling = None
             self._waiting = False
+
+    def __getstate__(self) -> dict:
+        # pickle and copy carry what rebuilds the model (the checkpoint's weights, not a backend's prepared form, so
+        # that a process pool's or a distributed engine's workers get a model that works on their own CPU)
+        return {"config": self.config, "architecture": self.architecture, "weights": self._weights,
+                "backend": self._requested, "dtype": self.dtype.name, "name": self.name}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["config"], state["architecture"], state["weights"], backend=state["backend"],
+                      dtype=state["dtype"], name=state["name"])
 
     def __repr__(self):
         c = self.config

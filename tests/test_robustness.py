@@ -742,3 +742,94 @@ def test_cache_keeps_the_two_most_recent_models(small, monkeypatch):
     for name in (a, b, a, c, a, b):
         levit_np.predict(random_uint8((8, 8, 3)), model=name, backend="numpy")
     assert loads == [a, b, c, b]  # a stays (used most recently), b was dropped when c came
+
+
+# --- 9. the weights file: its header is checked before its tensors are read -------------------------------------------
+
+def sparse_file(path: Path, head: bytes, size: int) -> Path:
+    """A file of `size` bytes that starts with `head` and takes no disk space (a hole after the head)."""
+    with path.open("wb") as f:
+        f.write(head)
+        f.truncate(size)
+    return path
+
+
+@pytest.mark.parametrize("head", [(10**12).to_bytes(8, "little"), b"\xff" * 8, (64).to_bytes(8, "little") + b"{"],
+                         ids=["header-size-beyond-the-file", "header-size-absurd", "header-not-json"])
+def test_huge_weights_file_with_a_bad_header_fails_before_reading(ckpt, head):
+    # 12 GiB: read whole (as before) it would cost that much memory and a minute; checked first, it fails at once
+    sparse_file(ckpt / "model.safetensors", head, 12 * 2**30)
+    with raises(OSError, "model.safetensors", "not a valid safetensors file"):
+        levit_np.from_pretrained(ckpt, backend="numpy")
+
+
+def test_huge_tensor_of_the_wrong_shape_fails_before_its_data_is_read(ckpt):
+    # the checkpoint's own header with its last tensor grown to 12 GiB: the shape check names it, its data is only
+    # mapped, never read
+    weights = ckpt / "model.safetensors"
+    raw = weights.read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + n])
+    key = max((k for k in header if k != "__metadata__"), key=lambda k: header[k]["data_offsets"][1])
+    begin, size = header[key]["data_offsets"][0], 3 * 2**30
+    header[key] = {"dtype": "F32", "shape": [size], "data_offsets": [begin, begin + 4 * size]}
+    head = json.dumps(header).encode()
+    head += b" " * (-len(head) % 8)
+    sparse_file(weights, len(head).to_bytes(8, "little") + head + raw[8 + n:8 + n + begin],
+                8 + len(head) + begin + 4 * size)
+    with raises(ValueError, "model.safetensors", repr(key), f"shape ({size},)"):
+        levit_np.from_pretrained(ckpt, backend="numpy")
+
+
+def test_weights_file_with_trailing_bytes_or_cut_short_is_refused(ckpt):
+    weights = ckpt / "model.safetensors"
+    good = weights.read_bytes()
+    for bad in (good + b"\0" * 8, good[:-4]):
+        weights.write_bytes(bad)
+        with raises(OSError, "model.safetensors", "not a valid safetensors file"):
+            levit_np.from_pretrained(ckpt, backend="numpy")
+
+
+# --- 10. a model pickles and copies: process pools and distributed engines can carry it ------------------------------
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("copy_with", ["pickle", "deepcopy"])
+def test_pickled_or_copied_model_computes_the_same_bits(small, backend, copy_with):
+    import copy
+    import pickle
+
+    model = levit_np.from_pretrained(small[1], backend=backend)
+    x = np.random.default_rng(0).standard_normal((3, 3, 64, 64)).astype(np.float32)
+    before = model(x, output_hidden_states=True)
+    clone = pickle.loads(pickle.dumps(model)) if copy_with == "pickle" else copy.deepcopy(model)
+    assert clone.backend == model.backend == backend and clone.dtype == model.dtype
+    assert clone.architecture == model.architecture and clone.num_parameters == model.num_parameters
+    after = clone(x, output_hidden_states=True)
+    for name in ("logits", "cls_logits", "distillation_logits", "pooler_output", "last_hidden_state"):
+        np.testing.assert_array_equal(getattr(after, name), getattr(before, name), err_msg=name)
+    for a, b in zip(after.hidden_states, before.hidden_states, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert_matches_hf(levit_np.predict(random_uint8((70, 90, 3)), model=clone),
+                      hf_probabilities(small[0], [Image.fromarray(random_uint8((70, 90, 3)))])[0])
+
+
+def test_pickled_model_in_a_spawned_process_pool(small):
+    import concurrent.futures
+    import multiprocessing
+    import pickle
+
+    model = levit_np.from_pretrained(small[1], backend="numpy")
+    images = [random_uint8((50 + 10 * i, 60, 3), seed=i) for i in range(3)]
+    with concurrent.futures.ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        remote = list(pool.map(levit_np.predict, images, [model] * 3))
+    assert remote == [levit_np.predict(im, model=model) for im in images]
+    weights = sum(a.nbytes for a in weight_arrays(model._weights))
+    assert len(pickle.dumps(model)) < 1.1 * weights + 10**5  # the checkpoint's weights once, and little else
+
+
+def weight_arrays(tree):
+    """The arrays of a nested dict / list weight tree."""
+    if isinstance(tree, np.ndarray):
+        return [tree]
+    children = tree.values() if isinstance(tree, dict) else tree
+    return [a for child in children for a in weight_arrays(child)]
