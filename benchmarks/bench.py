@@ -1,29 +1,41 @@
-"""CPU inference speed of levit-np against HF Transformers (PyTorch eager) and ONNX Runtime, as a markdown table.
+"""CPU inference speed of levit-np against HF Transformers (PyTorch eager), ONNX Runtime and OpenVINO, as markdown.
 
-    python benchmarks/bench.py                    # 128S and 256, batch 1 and 32, all cores, + 1-thread scaling,
-                                                  # peak RSS and cold start (about 5 minutes on 2 cores)
-    python benchmarks/bench.py --quick            # a rough table in about a minute
-    python benchmarks/bench.py --threads 2 --repeats 20 --variants 128S --batches 1 8 32 --contenders numba ort
+    python benchmarks/bench.py                          # this CPU, idle: 128S and 256, batch 1 and 32 (~5 min)
+    python benchmarks/bench.py --conditions native avx2 sse busy   # the issue-10 table: every condition (~25 min)
+    python benchmarks/bench.py --quick --conditions avx2           # a rough reading in a few minutes
+    python benchmarks/bench.py --threads 2 1 --variants 128S --batches 1 8 32 --contenders numba ort
 
-All contenders run in this one process on the same random-weight checkpoint (random weights time the same as real
-ones), with the same thread count, in float32 at 224 px, and are timed in turn -- a few calls of A, a few of B, ...,
-then A again -- so that a noisy neighbour slows them alike; each figure is the median of the timed calls.
-  numpy   levit_np, backend="numpy" (the readable reference)
-  numba   levit_np, backend="numba" (the fast path, the default)
-  hf      transformers' LevitForImageClassificationWithTeacher, eager PyTorch under torch.inference_mode()
-  ort     ONNX Runtime (CPUExecutionProvider, all graph optimisations) on that HF model exported with
-          torch.onnx.export
-GFLOP/s counts 0.61 GFLOP per image for LeViT-128S and 2.25 for LeViT-256 (the paper's FLOPs, as multiply-adds x 2).
-Peak RSS is that of a fresh process which imports, loads and runs one call at that batch size. Cold start is
-import + load + first call of the numba backend in a fresh process, with an empty and then a warm Numba cache.
-The arithmetic ceiling is our float32 micro-kernel on L1-resident data on every thread at once (`fma_peak`); the table
-ends with the share of it that twice HF eager's speed would take.
-Needs the `bench` and `test` extras: pip install -e ".[test,bench]".
+Each contender runs in a process of its own (they would slow each other inside one), all on the same random-weight
+checkpoint (random weights time the same as real ones), in float32 at 224 px with the same thread count. The
+processes take turns: in each round every contender runs a block of calls (after a pause, so that the previous one's
+spinning threads have gone to sleep, and a short untimed warm-up); the figure is the median of all timed calls and
+the range is that of the rounds' medians.
+
+Contenders:
+  numpy     levit_np, backend="numpy" (the readable reference)
+  numba     levit_np, backend="numba" (the fast path)
+  hf        transformers' LevitForImageClassificationWithTeacher, eager PyTorch under torch.inference_mode()
+  ort       ONNX Runtime (CPUExecutionProvider, all graph optimisations) on the HF model exported by torch.onnx.export
+  ov        OpenVINO on that ONNX file, INFERENCE_PRECISION_HINT=f32, LATENCY hint
+  ov-auto   OpenVINO with its default precision (bf16 where the CPU has AMX or AVX-512 BF16: not float32 results)
+Conditions:
+  native    this CPU as it is, idle
+  avx2      Numba compiles for Haswell (AVX2 + FMA, 16 vector registers); HF eager limited to AVX2 (MKL, ATen and
+            oneDNN); SciPy's OpenBLAS as on Haswell. ONNX Runtime and OpenVINO cannot be limited: not run.
+  sse       the same for 128-bit vectors (Nehalem: SSE4.2, no FMA; NEON's width)
+  busy      native, with one other process spinning on a core (`python -c "while True: pass"`) the whole time
+The arithmetic ceiling of a condition is our float32 micro-kernel on L1-resident data on every thread at once,
+compiled for that condition's CPU (`fma_peak`); "% peak" is the numba backend's share of it. GFLOP/s counts 0.61
+GFLOP per image for LeViT-128S and 2.25 for LeViT-256 (the paper's FLOPs, as multiply-adds x 2). Peak RSS is that of
+the contender's process at the end (its largest batch). Cold start is import + load + first call in fresh processes
+with an empty and then a warm Numba cache.
+Needs the `bench` and `test` extras: pip install -e ".[test,bench]" (and `pip install openvino` for ov).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import statistics
@@ -36,35 +48,38 @@ from pathlib import Path
 import numpy as np
 
 FLOPS = {"128S": 0.61, "128": 0.81, "192": 1.31, "256": 2.25, "384": 4.70}  # GFLOP per 224 px image
-CONTENDERS = ("numpy", "numba", "hf", "ort")
-LABELS = {"numpy": "levit_np numpy", "numba": "levit_np numba", "hf": "HF eager (PyTorch)", "ort": "ONNX Runtime"}
+CONTENDERS = ("numpy", "numba", "hf", "ort", "ov", "ov-auto")
+DEFAULT_CONTENDERS = ("numba", "hf", "ort", "ov", "ov-auto")
+LABELS = {"numpy": "levit_np numpy", "numba": "levit_np numba", "hf": "HF eager (PyTorch)", "ort": "ONNX Runtime",
+          "ov": "OpenVINO f32", "ov-auto": "OpenVINO default (bf16 on AMX)"}
+FLOAT32 = {"numpy", "numba", "hf", "ort", "ov"}  # contenders whose logits must agree with HF's to float32 rounding
 ROOT = Path(__file__).resolve().parent.parent
 
+_X86 = "+64bit,+cmov,+cx16,+fxsr,+mmx,+popcnt,+sse,+sse2,+sse3,+sse4.1,+sse4.2,+ssse3"
+# condition -> (environment of the levit_np processes, environment of HF eager's, contenders it can limit)
+CONDITIONS = {
+    "native": ({}, {}, CONTENDERS),
+    "avx2": ({"NUMBA_CPU_NAME": "haswell",
+              "NUMBA_CPU_FEATURES": _X86 + ",+avx,+avx2,+bmi,+bmi2,+f16c,+fma,+lzcnt,+movbe,+xsave",
+              "OPENBLAS_CORETYPE": "Haswell"},
+             {"MKL_ENABLE_INSTRUCTIONS": "AVX2", "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"},
+             ("numpy", "numba", "hf")),
+    "sse": ({"NUMBA_CPU_NAME": "nehalem", "NUMBA_CPU_FEATURES": _X86, "OPENBLAS_CORETYPE": "Nehalem"},
+            {"MKL_ENABLE_INSTRUCTIONS": "SSE4_2", "ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41"},
+            ("numpy", "numba", "hf")),
+    "busy": ({}, {}, CONTENDERS),
+}
 
-def build_levit(variant: str, backend: str, path: Path | None = None):
-    """levit_np model of `variant` with random weights (written to a temporary checkpoint unless `path` is given)."""
-    import levit_np
-    from levit_np.testing import random_checkpoint
 
-    if path is None:
-        path = random_checkpoint(Path(tempfile.mkdtemp(prefix=f"levit-{variant}-")), variant)
-    return levit_np.from_pretrained(str(path), backend=backend)
-
-
-# --- contenders: each a callable pixel_values (np.ndarray) -> logits ---------------------------------------------
+# --- contenders: each a callable pixel_values (np.ndarray) -> logits, built in its own process ----------------------
 
 def load_contender(name: str, ckpt: Path, onnx_path: Path, threads: int):
     if name in ("numpy", "numba"):
         import levit_np
 
-        model = build_levit("", name, ckpt)
-        if name == "numba":
-            return lambda x: model(x).logits
-
-        def numpy_backend(x):
-            levit_np.set_num_threads(threads)  # NumPy's BLAS threads: the numba backend sets them to 1 when it runs
-            return model(x).logits
-        return numpy_backend
+        levit_np.set_num_threads(threads)
+        model = levit_np.from_pretrained(str(ckpt), backend=name)
+        return lambda x: model(x).logits
     if name == "hf":
         import torch
         import transformers
@@ -86,6 +101,15 @@ def load_contender(name: str, ckpt: Path, onnx_path: Path, threads: int):
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         sess = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
         return lambda x: sess.run(None, {"pixel_values": x})[0]
+    if name in ("ov", "ov-auto"):
+        import openvino as ov
+
+        props = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"}
+        if name == "ov":
+            props["INFERENCE_PRECISION_HINT"] = "f32"
+        compiled = ov.Core().compile_model(str(onnx_path), "CPU", props)
+        request = compiled.create_infer_request()
+        return lambda x: request.infer({0: x})[0].copy()
     raise ValueError(name)
 
 
@@ -113,55 +137,6 @@ def export_onnx(ckpt: Path, onnx_path: Path) -> Path:
                           output_names=["logits"], dynamic_axes={"pixel_values": {0: "batch"}, "logits": {0: "batch"}},
                           opset_version=17, dynamo=False)
     return onnx_path
-
-
-def set_threads(n: int) -> None:
-    import torch
-
-    import levit_np
-
-    levit_np.set_num_threads(n)  # Numba's threads (and NumPy's BLAS threads)
-    torch.set_num_threads(n)
-
-
-# --- measurement --------------------------------------------------------------------------------------------------
-
-def time_in_turn(fns: dict, x: np.ndarray, repeats: int, budget_s: float, block: int = 3,
-                 warm_s: float = 0.25) -> dict[str, list[float]]:
-    """Time the contenders in turn, `block` calls at a time (A A A, B B B, ..., A A A, ...), until each has `repeats`
-    timed calls or has spent `budget_s` on them. Returns seconds per call by name.
-
-    Every runtime here parks its idle worker threads by spinning for a while (OpenMP, OpenBLAS, ONNX Runtime): on a
-    2-core machine the last runtime's spinners would steal the cores of the next. So each block starts after a pause,
-    then runs untimed calls for `warm_s` (caches, thread pools and clocks back up to speed); a contender slower than
-    a second per call gets blocks of one call and no warm-up.
-    """
-    times = {k: [] for k in fns}
-
-    def more(k):
-        return len(times[k]) < repeats and sum(times[k]) < budget_s
-
-    while any(more(k) for k in fns):
-        for k, f in fns.items():
-            if not more(k):
-                continue
-            time.sleep(0.3)
-            slow = bool(times[k]) and statistics.median(times[k]) > 1.0
-            t = time.perf_counter()
-            while not slow and time.perf_counter() - t < warm_s:
-                f(x)
-            for _ in range(1 if slow else block):
-                t = time.perf_counter()
-                f(x)
-                times[k].append(time.perf_counter() - t)
-    return times
-
-
-def check_agreement(fns: dict, x: np.ndarray) -> dict[str, float]:
-    """Worst relative difference of each contender's logits from HF's (they share the weights); also warms up."""
-    outs = {k: np.asarray(f(x), np.float64) for k, f in fns.items()}
-    ref = outs.get("hf", next(iter(outs.values())))
-    return {k: float(np.abs(v - ref).max() / max(1.0, np.abs(ref).max())) for k, v in outs.items()}
 
 
 def fma_peak(threads: int, seconds: float = 1.0) -> float:
@@ -195,27 +170,184 @@ def fma_peak(threads: int, seconds: float = 1.0) -> float:
     return best
 
 
-def _child(code: str, env: dict | None = None) -> str:
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         env={**os.environ, **(env or {})}, cwd=str(ROOT))
-    if out.returncode != 0:
-        raise RuntimeError(f"benchmark child process failed:\n{out.stderr[-2000:]}")
-    return out.stdout.strip().splitlines()[-1]
+# --- the contender's process: `bench.py --worker NAME CKPT ONNX THREADS`, driven by JSON lines on stdin ----------
+
+REPLY = "@bench "  # the prefix of the worker's replies on stdout; libraries may print other lines
 
 
-def peak_rss_mib(name: str, ckpt: Path, onnx_path: Path, batch: int, threads: int) -> float:
-    """Peak resident memory of a fresh process that imports, loads and runs one call of `name` at `batch`."""
-    code = (f"import sys, numpy as np; sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
-            f"import bench\n"
-            f"f = bench.load_contender({name!r}, bench.Path({str(ckpt)!r}), bench.Path({str(onnx_path)!r}), "
-            f"{threads})\n"
-            f"f(np.zeros(({batch}, 3, 224, 224), np.float32))\n"
-            f"print(next(l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')))")
-    # (not getrusage's ru_maxrss: Linux carries the parent's peak over fork and exec into the child's)
-    try:
-        return int(_child(code, {"NUMBA_NUM_THREADS": str(threads)})) / 1024  # KiB -> MiB
-    except (RuntimeError, StopIteration, OSError):
-        return float("nan")
+def worker(name: str, ckpt: str, onnx_path: str, threads: int) -> None:
+    """Load one contender, then answer the parent: {"run": batch, "calls": n, "warm_s": s} -> seconds per call;
+    {"logits": batch} -> logits of the agreement input; {"peak": true} -> fma_peak; {"rss": true} -> peak RSS."""
+    fn = load_contender(name, Path(ckpt), Path(onnx_path), threads)
+    inputs = {}
+
+    def x_of(batch):
+        if batch not in inputs:
+            inputs[batch] = np.random.default_rng(batch).standard_normal((batch, 3, 224, 224), dtype=np.float32)
+        return inputs[batch]
+
+    def reply(obj):
+        sys.stdout.write(REPLY + json.dumps(obj) + "\n")
+        sys.stdout.flush()
+
+    reply({"ready": describe_process(name)})
+    for line in sys.stdin:
+        ask = json.loads(line)
+        if "run" in ask:
+            x = x_of(ask["run"])
+            t = time.perf_counter()
+            while time.perf_counter() - t < ask["warm_s"]:
+                fn(x)
+            times = []
+            for _ in range(ask["calls"]):
+                t = time.perf_counter()
+                fn(x)
+                times.append(time.perf_counter() - t)
+            reply({"times": times})
+        elif "logits" in ask:
+            reply({"logits": np.asarray(fn(x_of(ask["logits"])), np.float64).tolist()})
+        elif "peak" in ask:
+            reply({"peak": fma_peak(threads)})
+        elif "rss" in ask:  # VmHWM, not getrusage: Linux carries the parent's peak over fork and exec
+            hwm = next((line.split()[1] for line in open("/proc/self/status") if line.startswith("VmHWM")), "nan")
+            reply({"rss": float(hwm) / 1024})
+
+
+def describe_process(name: str) -> str:
+    if name not in ("numpy", "numba"):
+        return ""
+    import levit_np.cli
+
+    info = levit_np.cli.fast_path_info()
+    return f"{info['cpu']}, tile {info['micro_kernel']}, {info['threading_layer']}, BLAS {info['blas']}"
+
+
+class Contender:
+    """The parent's handle on one contender's process."""
+
+    def __init__(self, name: str, condition: str, ckpt: Path, onnx_path: Path, threads: int, cache_root: Path):
+        levit_env, hf_env, _ = CONDITIONS[condition]
+        env = {**os.environ, "NUMBA_NUM_THREADS": str(threads), "OMP_NUM_THREADS": str(threads),
+               "LEVIT_NP_BACKGROUND_COMPILE": "0"}
+        env.update(hf_env if name == "hf" else levit_env if name in ("numpy", "numba") else {})
+        if "NUMBA_CPU_NAME" in env:  # an emulated CPU's kernels get a cache of their own, kept between runs
+            env["NUMBA_CACHE_DIR"] = str(cache_root / env["NUMBA_CPU_NAME"])
+        self.name, self.condition = name, condition
+        self.proc = subprocess.Popen([sys.executable, __file__, "--worker", name, str(ckpt), str(onnx_path),
+                                      str(threads)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                     env=env, cwd=str(ROOT))
+        self.info = self._read()["ready"]
+
+    def ask(self, **request):
+        self.proc.stdin.write(json.dumps(request) + "\n")
+        self.proc.stdin.flush()
+        return self._read()
+
+    def _read(self) -> dict:
+        for line in self.proc.stdout:
+            if line.startswith(REPLY):
+                return json.loads(line[len(REPLY):])
+        raise RuntimeError(f"the {self.name} process ({self.condition}) ended: exit status {self.proc.wait()}")
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+class BusyNeighbour:
+    """One other process spinning on a core for as long as the `with` lasts."""
+
+    def __enter__(self):
+        self.proc = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        return self
+
+    def __exit__(self, *exc):
+        self.proc.kill()
+        self.proc.wait()
+
+
+# --- measurement ------------------------------------------------------------------------------------------------
+
+def measure(contenders: list[Contender], batch: int, rounds: int, block: int, budget_s: float,
+            warm_s: float = 0.25) -> dict[str, list[list[float]]]:
+    """Seconds per call of each contender, by round: in each round each contender runs `block` calls in turn (one,
+    and no warm-up, when it takes more than a second a call), until `rounds` rounds or `budget_s` seconds of its
+    calls. Every runtime here parks idle threads by spinning for a while (OpenMP, OpenBLAS, ONNX Runtime, OpenVINO):
+    each block starts after a pause, so that the previous contender's spinners have gone to sleep."""
+    times = {c.name: [] for c in contenders}
+    for _ in range(rounds):
+        for c in contenders:
+            spent = sum(map(sum, times[c.name]))
+            if spent >= budget_s:
+                continue
+            time.sleep(0.3)
+            slow = bool(times[c.name]) and statistics.median(times[c.name][-1]) > 1.0
+            times[c.name].append(c.ask(run=batch, calls=1 if slow else block, warm_s=0 if slow else warm_s)["times"])
+    return times
+
+
+def summary(rounds: list[list[float]]) -> dict:
+    medians = [statistics.median(r) for r in rounds]
+    return dict(ms=statistics.median([t for r in rounds for t in r]) * 1e3, lo=min(medians) * 1e3,
+                hi=max(medians) * 1e3, n=sum(map(len, rounds)))
+
+
+def run_condition(condition: str, args, ckpts: dict, cache_root: Path, rows: list, peaks: dict, infos: dict):
+    names = [n for n in args.contenders if n in CONDITIONS[condition][2]]
+    for threads in args.threads:
+        for variant in args.variants:
+            ckpt, onnx_path = ckpts[variant]
+            contenders = []
+            try:
+                for name in names:
+                    contenders.append(Contender(name, condition, ckpt, onnx_path, threads, cache_root))
+                    infos[(condition, name)] = contenders[-1].info
+                    print(f"# {condition}: {name} ready {contenders[-1].info}", file=sys.stderr, flush=True)
+                by_name = {c.name: c for c in contenders}
+                if (condition, threads) not in peaks and "numba" in by_name:
+                    peaks[(condition, threads)] = by_name["numba"].ask(peak=True)["peak"]
+                with BusyNeighbour() if condition == "busy" else _nothing():
+                    for batch in args.batches:
+                        agree = check_agreement(contenders, batch)
+                        for name, rounds in measure(contenders, batch, args.rounds, args.block, args.budget).items():
+                            rows.append(dict(condition=condition, variant=variant, batch=batch, threads=threads,
+                                             name=name, err=agree[name], **summary(rounds)))
+                            r = rows[-1]
+                            print(f"# {condition}, LeViT-{variant} batch {batch}, {threads} threads, {name}: "
+                                  f"{r['ms']:.2f} ms [{r['lo']:.2f}-{r['hi']:.2f}] (n={r['n']})", file=sys.stderr,
+                                  flush=True)
+                for c in contenders:
+                    rss = c.ask(rss=True)["rss"]
+                    for r in rows:
+                        if (r["condition"], r["variant"], r["threads"], r["name"]) == (condition, variant, threads,
+                                                                                       c.name):
+                            r["rss"] = rss
+            finally:
+                for c in contenders:
+                    c.close()
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def check_agreement(contenders: list[Contender], batch: int) -> dict[str, float]:
+    """Worst relative difference of each contender's logits from HF's (all share the weights); float32 contenders
+    must agree to 1e-4 (float32 rounding over the whole network)."""
+    outs = {c.name: np.array(c.ask(logits=batch)["logits"]) for c in contenders}
+    ref = outs.get("hf", next(iter(outs.values())))
+    errs = {k: float(np.abs(v - ref).max() / max(1.0, np.abs(ref).max())) for k, v in outs.items()}
+    bad = {k: v for k, v in errs.items() if k in FLOAT32 and not v <= 1e-4}
+    assert not bad, f"contenders' logits disagree with HF's: {bad}"
+    return errs
 
 
 def cold_start(ckpt: Path, threads: int) -> list[tuple[str, dict]]:
@@ -234,11 +366,19 @@ def cold_start(ckpt: Path, threads: int) -> list[tuple[str, dict]]:
             env = {"NUMBA_CACHE_DIR": cache, "NUMBA_NUM_THREADS": str(threads), "LEVIT_NP_BACKGROUND_COMPILE": "0"}
             if label.startswith("warm"):  # fill it first, as `levit-np compile` does
                 _child("import levit_np.fast.compiled as c; c.compile_kernels('float32'); print('ok')", env)
-            *times, used = _child(code.replace("sys.argv[1]", repr(backend)), env).split()
+            *times, used = _child(code, env, backend).split()
             imp, load, first, second = map(float, times)
             rows.append((f"backend={backend!r}, {label} (ran {used})",
                          dict(imp=imp, load=load, first=first, second=second)))
     return rows
+
+
+def _child(code: str, env: dict, *argv: str) -> str:
+    out = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True,
+                         env={**os.environ, **env}, cwd=str(ROOT))
+    if out.returncode != 0:
+        raise RuntimeError(f"benchmark child process failed:\n{out.stderr[-2000:]}")
+    return out.stdout.strip().splitlines()[-1]
 
 
 def machine() -> str:
@@ -255,106 +395,106 @@ def machine() -> str:
     except (OSError, StopIteration):
         pass
     isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
+    isa += " + AMX" if "amx_tile" in flags else ""
+    try:
+        import openvino
+        ov = f", openvino {openvino.__version__.split('-')[0]}"
+    except ImportError:
+        ov = ""
     return (f"{cpu}, {os.cpu_count()} cores ({isa}), {platform.system()} {platform.release()}; Python "
-            f"{platform.python_version()}, NumPy {np.__version__} (OpenBLAS), Numba {numba.__version__} "
-            f"(threading layer {numba.threading_layer()}), torch {torch.__version__}, transformers "
-            f"{transformers.__version__}, onnxruntime {onnxruntime.__version__}")
+            f"{platform.python_version()}, NumPy {np.__version__}, Numba {numba.__version__}, torch "
+            f"{torch.__version__}, transformers {transformers.__version__}, onnxruntime {onnxruntime.__version__}"
+            f"{ov}")
 
 
 def main(argv=None):
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' per-load "Loading weights" bars
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--conditions", nargs="+", default=["native"], choices=list(CONDITIONS))
     ap.add_argument("--variants", nargs="+", default=["128S", "256"], choices=sorted(FLOPS))
     ap.add_argument("--batches", nargs="+", type=int, default=[1, 32])
-    ap.add_argument("--threads", type=int, default=os.cpu_count(), help="threads for every contender (default: all)")
-    ap.add_argument("--repeats", type=int, default=12, help="timed calls per contender and setting (default 12)")
-    ap.add_argument("--budget", type=float, default=4.0,
-                    help="seconds of timed calls per contender and setting, after which it stops (default 4)")
-    ap.add_argument("--contenders", nargs="+", default=list(CONTENDERS), choices=CONTENDERS)
-    ap.add_argument("--no-scaling", action="store_true", help="skip the 1-thread run")
-    ap.add_argument("--no-rss", action="store_true", help="skip the peak-RSS child processes")
+    ap.add_argument("--threads", nargs="+", type=int, default=[os.cpu_count()],
+                    help="thread counts, each contender the same (default: all cores)")
+    ap.add_argument("--contenders", nargs="+", default=list(DEFAULT_CONTENDERS), choices=CONTENDERS)
+    ap.add_argument("--rounds", type=int, default=6, help="rounds of turns (default 6)")
+    ap.add_argument("--block", type=int, default=3, help="timed calls per contender and round (default 3)")
+    ap.add_argument("--budget", type=float, default=6.0,
+                    help="seconds of timed calls per contender and setting, after which it stops (default 6)")
     ap.add_argument("--no-cold-start", action="store_true", help="skip the cold-start child processes")
-    ap.add_argument("--quick", action="store_true", help="6 repeats, 2 s budget, no scaling, RSS or cold start")
+    ap.add_argument("--quick", action="store_true", help="3 rounds, 3 s budget, no cold start")
+    ap.add_argument("--worker", nargs=4, metavar=("NAME", "CKPT", "ONNX", "THREADS"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.worker:
+        name, ckpt, onnx_path, threads = args.worker
+        return worker(name, ckpt, onnx_path, int(threads))
     if args.quick:
-        args.repeats, args.budget, args.no_scaling, args.no_rss, args.no_cold_start = 6, 2.0, True, True, True
-    if "ort" in args.contenders and "hf" not in args.contenders:
-        ap.error("ort runs the exported HF model: keep hf among the contenders")
-    os.environ.setdefault("NUMBA_NUM_THREADS", str(args.threads))
-    thread_counts = [args.threads] + ([1] if args.threads > 1 and not args.no_scaling else [])
+        args.rounds, args.budget, args.no_cold_start = 3, 3.0, True
+    if not {"ort", "ov", "ov-auto"}.isdisjoint(args.contenders) and "hf" not in args.contenders:
+        ap.error("ort and ov run the exported HF model, and every contender is checked against HF: keep hf")
 
     from levit_np.testing import random_checkpoint
 
     tmp = Path(tempfile.mkdtemp(prefix="levit-bench-"))
-    rows, cold = [], None
+    cache_root = Path(tempfile.gettempdir()) / "levit-np-bench-numba-cache"  # kept: emulated CPUs compile once
+    ckpts = {}
     for variant in args.variants:
         ckpt = random_checkpoint(tmp / variant, variant)
-        onnx_path = tmp / f"{variant}.onnx"
-        if "ort" in args.contenders:
-            export_onnx(ckpt, onnx_path)
-        for threads in thread_counts:
-            set_threads(threads)
-            fns = {name: load_contender(name, ckpt, onnx_path, threads) for name in args.contenders}
-            for batch in args.batches:
-                x = np.random.default_rng(batch).standard_normal((batch, 3, 224, 224), dtype=np.float32)
-                agree = check_agreement(fns, x)
-                bad = {k: v for k, v in agree.items() if not v <= 1e-4}
-                assert not bad, f"contenders' logits disagree with HF's on {variant}: {bad}"
-                for name, ts in time_in_turn(fns, x, args.repeats, args.budget).items():
-                    rows.append(dict(variant=variant, batch=batch, threads=threads, name=name,
-                                     ms=statistics.median(ts) * 1e3, n=len(ts), err=agree[name]))
-                    print(f"# LeViT-{variant} batch {batch}, {threads} threads, {name}: {rows[-1]['ms']:.2f} ms "
-                          f"(median of {len(ts)})", file=sys.stderr, flush=True)
-            del fns
-        if not args.no_rss:
-            for batch in args.batches:
-                for name in args.contenders:
-                    rss = peak_rss_mib(name, ckpt, onnx_path, batch, args.threads)
-                    for r in rows:
-                        if (r["variant"], r["batch"], r["name"]) == (variant, batch, name):
-                            r["rss"] = rss
-        if cold is None and not args.no_cold_start and "numba" in args.contenders:
-            cold = (variant, cold_start(ckpt, args.threads))
-    peak = fma_peak(args.threads)
-    print(render(rows, args, thread_counts, cold, peak))
+        ckpts[variant] = (ckpt, export_onnx(ckpt, tmp / f"{variant}.onnx"))
+    rows, peaks, infos = [], {}, {}
+    for condition in args.conditions:
+        run_condition(condition, args, ckpts, cache_root, rows, peaks, infos)
+    cold = None
+    if not args.no_cold_start and "numba" in args.contenders:
+        cold = (args.variants[0], cold_start(ckpts[args.variants[0]][0], args.threads[0]))
+    print(render(rows, args, peaks, infos, cold))
 
 
-def render(rows, args, thread_counts, cold, peak) -> str:
-    def get(v, b, t, n):
-        return next((r for r in rows if (r["variant"], r["batch"], r["threads"], r["name"]) == (v, b, t, n)), None)
+def render(rows, args, peaks, infos, cold) -> str:
+    def get(c, v, b, t, n):
+        return next((r for r in rows if (r["condition"], r["variant"], r["batch"], r["threads"], r["name"]) ==
+                     (c, v, b, t, n)), None)
 
-    T, scaling = args.threads, len(thread_counts) > 1
+    def ms(x):
+        return f"{x:.1f}" if x >= 10 else f"{x:.2f}"
+
     lines = [f"Machine: {machine()}.", "",
-             f"{T} threads for every contender; float32, 224 px, random weights; median of up to {args.repeats} "
-             f"calls per contender, timed in turn.", ""]
-    head = ["model", "batch", "backend", "ms / call", "img/s", "vs HF eager", "vs ORT", "GFLOP/s", "peak RSS (MiB)"]
-    if scaling:
-        head.append(f"1 → {T} threads")
-    lines += ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 3 + ["---:"] * (len(head) - 3)) + "|"]
-    for v in args.variants:
-        for b in args.batches:
-            hf, ort = get(v, b, T, "hf"), get(v, b, T, "ort")
-            for name in args.contenders:
-                r, one = get(v, b, T, name), get(v, b, 1, name)
-                rss = r.get("rss", float("nan"))
-                cells = [f"LeViT-{v}", str(b), LABELS[name], f"{r['ms']:.1f}" if r["ms"] >= 10 else f"{r['ms']:.2f}",
-                         f"{b / r['ms'] * 1e3:.0f}",
-                         f"{hf['ms'] / r['ms']:.2f}x" if hf else "-", f"{ort['ms'] / r['ms']:.2f}x" if ort else "-",
-                         f"{FLOPS[v] * b / r['ms'] * 1e3:.0f}", "-" if rss != rss else f"{rss:.0f}"]
-                if scaling:
-                    cells.append(f"{one['ms'] / r['ms']:.2f}x" if one else "-")
-                lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", f"Arithmetic ceiling (`fma_peak`: the float32 micro-kernel in L1 on {T} threads): "
-              f"{peak:.0f} GFLOP/s. Twice HF eager's speed would take, over the whole forward:", ""]
-    for v in args.variants:
-        for b in args.batches:
-            hf = get(v, b, T, "hf")
-            if hf:
-                need = 2 * FLOPS[v] * b / hf["ms"] * 1e3
-                lines.append(f"- LeViT-{v}, batch {b}: {need:.0f} GFLOP/s, {need / peak:.0%} of the ceiling")
+             f"float32, 224 px, random weights; each contender in its own process, {args.rounds} rounds of "
+             f"{args.block} calls in turn; median of all calls [range of the rounds' medians].", ""]
+    for condition in args.conditions:
+        names = [n for n in args.contenders if n in CONDITIONS[condition][2]]
+        levit_env, hf_env, _ = CONDITIONS[condition]
+        lines += [f"### {condition}", ""]
+        if levit_env or hf_env:
+            lines += [f"levit_np: {' '.join(f'{k}={v}' for k, v in levit_env.items())}; HF eager: "
+                      f"{' '.join(f'{k}={v}' for k, v in hf_env.items())}.", ""]
+        if (condition, "numba") in infos:
+            lines += [f"numba backend: {infos[(condition, 'numba')]}.", ""]
+        for t in args.threads:
+            peak = peaks.get((condition, t))
+            if peak:
+                lines += [f"Arithmetic ceiling, {t} threads (`fma_peak`): {peak:.0f} GFLOP/s.", ""]
+            head = ["model", "batch", "threads", "contender", "ms / call [range]", "img/s", "vs HF eager", "vs ORT",
+                    "vs OV f32", "GFLOP/s", "% peak", "peak RSS (MiB)", "logits vs HF"]
+            lines += ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 4 + ["---:"] * (len(head) - 4)) + "|"]
+            for v in args.variants:
+                for b in args.batches:
+                    refs = {n: get(condition, v, b, t, n) for n in ("hf", "ort", "ov")}
+                    for name in names:
+                        r = get(condition, v, b, t, name)
+                        if r is None:
+                            continue
+                        gflops = FLOPS[v] * b / r["ms"] * 1e3
+                        vs = [f"{refs[n]['ms'] / r['ms']:.2f}x" if refs[n] else "-" for n in ("hf", "ort", "ov")]
+                        rss = r.get("rss", float("nan"))
+                        lines.append("| " + " | ".join([
+                            f"LeViT-{v}", str(b), str(t), LABELS[name],
+                            f"{ms(r['ms'])} [{ms(r['lo'])}-{ms(r['hi'])}]", f"{b / r['ms'] * 1e3:.0f}", *vs,
+                            f"{gflops:.0f}", f"{gflops / peak:.0%}" if peak and name == "numba" else "-",
+                            "-" if rss != rss else f"{rss:.0f}", f"{r['err']:.1e}"]) + " |")
+            lines.append("")
     if cold:
         variant, measured = cold
-        lines += ["", f"Cold start, LeViT-{variant} (fresh process, batch 1):", "",
+        lines += [f"Cold start, LeViT-{variant} (fresh process, batch 1):", "",
                   "| backend, Numba cache | import levit_np | from_pretrained | first call | second call |",
                   "|---|---:|---:|---:|---:|"]
         for label, c in measured:

@@ -105,7 +105,7 @@ def fast_path_info() -> dict:
     """What backend='auto' runs here, and the fast path's build: micro-kernel tile, threads, cache."""
     import numba
 
-    from .fast import compiled, target
+    from .fast import blas, compiled, target
 
     tile = target.TILE
     return {"auto_backend": {d: "numba" if compiled.is_compiled(d) else "numpy (kernels not compiled yet)"
@@ -114,8 +114,22 @@ def fast_path_info() -> dict:
             "cpu": target.numba_target()[1],
             "micro_kernel": f"{tile.rows} x {tile.columns} float32 ({tile.vectors_per_row} vectors of {tile.lanes}"
                             f"{', FMA' if tile.fma else ', no FMA'})",
+            "blas": blas.blas_description(),
             "threads": numba.get_num_threads(),
-            "threading_layer": numba.config.THREADING_LAYER}
+            "threading_layer": threading_layer()}
+
+
+def threading_layer() -> str:
+    """The layer Numba's thread pool runs on (tbb, omp or workqueue): the one a forward pass would use, started now
+    if no forward has run yet."""
+    import numba
+    from numba.np.ufunc import parallel
+
+    try:
+        parallel._launch_threads()  # what a first parallel kernel does; it chooses the layer
+        return f"{numba.threading_layer()} (NUMBA_THREADING_LAYER={numba.config.THREADING_LAYER})"
+    except Exception as e:  # noqa: BLE001 - info reports, never fails
+        return f"unknown ({e})"
 
 
 def run_predict(args) -> int:

@@ -129,3 +129,30 @@ def test_levit_np_compile_then_info_says_auto_runs_numba(small, tmp_path):
     assert fast["auto_backend"]["float32"] == "numba"
     assert Path(fast["numba_cache"]).is_relative_to(tmp_path / "numba-cache")
     assert "already compiled" in cli("compile").stdout
+
+
+def test_an_edit_to_any_fast_path_source_is_a_fresh_compile(tmp_path):
+    """Numba checks only the timestamp of the file defining a kernel; the kernels also depend on llvm_ir.py,
+    target.py and blas.py. An edit to any of those (here a copy of the package with one comment added to
+    llvm_ir.py) must give every kernel new cache files and a new compiled-marker, never a stale cached kernel."""
+    package = Path(__file__).resolve().parents[1] / "levit_np"
+    probe = ("import json, levit_np; from levit_np.fast import compiled, kernels; "
+             "print(json.dumps([levit_np.__file__, kernels._conv_kernel._cache._cache_file._index_name, "
+             "kernels._attention_kernel._cache._cache_file._index_name, compiled.cache_key()]))")
+
+    def names(root):
+        env = {**os.environ, "PYTHONPATH": str(root), "NUMBA_CACHE_DIR": str(tmp_path / "cache")}
+        out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=300,
+                             cwd=tmp_path)
+        assert out.returncode == 0, out.stderr[-2000:]
+        found = json.loads(out.stdout)
+        assert Path(found[0]).is_relative_to(root), found[0]  # the copy was imported, not the installed package
+        return found[1:]
+
+    for copy in ("same", "edited"):
+        shutil.copytree(package, tmp_path / copy / "levit_np", ignore=shutil.ignore_patterns("__pycache__"))
+    with open(tmp_path / "edited" / "levit_np" / "fast" / "llvm_ir.py", "a") as f:
+        f.write("\n# an edit\n")
+    same, edited = names(tmp_path / "same"), names(tmp_path / "edited")
+    assert same == names(tmp_path / "same")  # stable across processes
+    assert all(a != b for a, b in zip(same, edited, strict=True)), (same, edited)

@@ -24,7 +24,7 @@ import numpy as np
 
 from .. import __version__
 from . import kernels
-from .jit import DISABLE_JIT
+from .jit import DISABLE_JIT, SOURCE_HASH
 from .target import numba_target
 
 DTYPES = ("float32", "float64")
@@ -38,12 +38,9 @@ def cache_dir() -> Path:
 
 @functools.cache
 def cache_key() -> str:
-    """What the compiled code depends on: our kernel sources (as Numba stamps them), Numba, Python and the CPU.
-    Once per process, as the kernels this process compiled or loaded are."""
-    parts = [__version__, numba.__version__, llvmlite.__version__, sys.version, *numba_target()]
-    for f in sorted(Path(__file__).parent.glob("*.py")):
-        st = f.stat()
-        parts += [f.name, str(st.st_size), str(st.st_mtime_ns)]
+    """What the compiled code depends on: our kernel sources, Numba, Python and the CPU. Once per process, as the
+    kernels this process compiled or loaded are."""
+    parts = [__version__, numba.__version__, llvmlite.__version__, sys.version, SOURCE_HASH, *numba_target()]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 

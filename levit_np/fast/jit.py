@@ -7,10 +7,25 @@ file compute the same thing and take their place. Nothing else in the fast path 
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
+
 import numba
 import numpy as np
 
 DISABLE_JIT = bool(numba.config.DISABLE_JIT)
+
+# Numba names a function's cache files after its __qualname__ and, to tell a stale entry, looks only at the
+# timestamp of the file that defines it; the kernels also depend on the IR, tile and BLAS binding in the other
+# files here. Every jitted function carries this hash of all of them in its name, so an edit to any is a fresh
+# compile, never a stale (possibly crashing) kernel loaded from the cache.
+_SOURCES = sorted(Path(__file__).parent.glob("*.py"))
+SOURCE_HASH = hashlib.sha256(b"".join(f.read_bytes() for f in _SOURCES)).hexdigest()[:12]
+
+
+def _named_for_its_sources(fn):
+    fn.__qualname__ = f"{fn.__qualname__}_{SOURCE_HASH}"
+    return fn
 
 # Floating-point freedoms for the hot loops: reassociation (vectorised sums) and FMA contraction; not 'nnan'/'ninf'
 # (only `llvm_ir.fast_max` assumes there are no NaNs).
@@ -19,12 +34,16 @@ FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
 
 def kernel(parallel: bool = False):
     """@njit for a kernel: cached on disk, compiled once per dtype (never per shape), with FASTMATH."""
-    return numba.njit(cache=True, fastmath=FASTMATH, parallel=parallel)
+    decorate = numba.njit(cache=True, fastmath=FASTMATH, parallel=parallel)
+    return lambda fn: decorate(_named_for_its_sources(fn))
 
 
 def helper(fn=None, *, inline: bool = True):
     """@njit for a function that kernels call, inlined into them unless `inline=False`."""
-    decorate = numba.njit(cache=True, fastmath=FASTMATH, inline="always" if inline else "never")
+    njit = numba.njit(cache=True, fastmath=FASTMATH, inline="always" if inline else "never")
+
+    def decorate(f):
+        return njit(_named_for_its_sources(f))
     return decorate if fn is None else decorate(fn)
 
 
