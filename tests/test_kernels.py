@@ -104,7 +104,7 @@ def test_exp_nonpositive(dtype):
     ours = np.array([kernels._exp_nonpositive(v) for v in x])
     ref = np.exp(x.astype(np.float64))
     rel = np.abs(ours - ref) / ref
-    assert rel.max() <= 1e-6, rel.max()  # (the kernels use math.exp for float64)
+    assert rel.max() <= 2.4e-7, rel.max()  # 2 ulp, on every instruction set (the kernels use math.exp for float64)
     assert kernels._exp_nonpositive(dtype(-200)) < 1e-37  # flushed, not overflowed
 
 

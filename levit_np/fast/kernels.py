@@ -45,13 +45,15 @@ def _hardswish(v):
 @helper
 def _exp_nonpositive(x):
     # the exp of layers.softmax: e^x for float32 x <= 0 without a libm call, so that a loop over it vectorises
-    # (~1 ulp; the float64 kernels use math.exp). Cody-Waite: x = n ln2 + r, |r| <= ln2/2; e^r by Cephes' expf
+    # (~1 ulp; the float64 kernels use math.exp). x = n ln2 + r, |r| <= ln2/2; e^r by Cephes' expf
     # polynomial; 2^n from its bits. Below -87.3, where e^x < 2^-126 would be a denormal, it is flushed to ~1e-38.
     t = type(x)
     x = fast_max(x, t(-87.3))
     n = np.int32(x * t(1.4426950408889634) - t(0.5))  # round(x / ln2), x <= 0 (the cast truncates toward 0)
     fn = t(n)
-    r = x - fn * t(0.693359375) - fn * t(-2.12194440e-4)  # x - n ln2, ln2 split in two for exactness
+    # r = x - n ln2, in float64: Numba gives every float instruction of a fast-math kernel the reassociation flag, so
+    # the float32 Cody-Waite split of ln2 would be folded back into one inexact product (an error growing with |n|)
+    r = t(np.float64(x) - np.float64(fn) * 0.6931471805599453)
     p = t(1.9875691500e-4) * r + t(1.3981999507e-3)
     p = p * r + t(8.3334519073e-3)
     p = p * r + t(4.1665795894e-2)
