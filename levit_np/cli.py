@@ -125,6 +125,8 @@ def threading_layer() -> str:
     import numba
     from numba.np.ufunc import parallel
 
+    from .fast import threads  # noqa: F401 - loads TBB, as the backend does
+
     try:
         parallel._launch_threads()  # what a first parallel kernel does; it chooses the layer
         return f"{numba.threading_layer()} (NUMBA_THREADING_LAYER={numba.config.THREADING_LAYER})"

@@ -65,7 +65,7 @@ def small(checkpoint):
 
 
 def layer_available(layer):
-    code = ("import numba, numpy as np\n"
+    code = ("import numba, numpy as np, levit_np.fast\n"  # levit_np.fast loads pip's TBB, as the backend does
             "@numba.njit(parallel=True)\n"
             "def f(a):\n"
             "    for i in numba.prange(a.size):\n"
@@ -88,11 +88,32 @@ def test_two_python_threads_share_one_model(small, layer):
     assert out == dict(layer=layer, calls=40, equal=True)
 
 
-def test_fork_after_the_pool_started_fails_clearly_instead_of_hanging(small):
-    r = subprocess.run([sys.executable, "-c", FORK, str(small)], capture_output=True, text=True, timeout=300)
+@pytest.mark.parametrize("layer", ["default", "omp", "tbb", "workqueue"])
+def test_fork_after_the_pool_started_fails_clearly_instead_of_hanging(small, layer):
+    if layer != "default" and not layer_available(layer):
+        pytest.skip(f"Numba's {layer} threading layer is not installed here")
+    env = {**os.environ, "NUMBA_THREADING_LAYER": layer}
+    r = subprocess.run([sys.executable, "-c", FORK, str(small)], capture_output=True, text=True, timeout=300,
+                       env=env)
     assert r.returncode == 0, r.stderr[-2000:]
     layer, result = r.stdout.strip().split(" ", 1)
     if layer == "omp":  # GNU OpenMP would hang in the child: a clear error that says what to do
         assert result.startswith("RuntimeError") and "spawn" in result
     else:  # fork-safe layers just run
         assert result == "ran"
+
+
+def test_tbb_is_the_layer_chosen_where_it_is_installed():
+    """pip's tbb wheel (a dependency where PyPI has it) sits where Numba does not look; the backend loads it, so that
+    the default layer is TBB, and `levit-np info` says so."""
+    from importlib import metadata
+
+    try:
+        metadata.distribution("tbb")
+    except metadata.PackageNotFoundError:
+        pytest.skip("tbb is not installed (no wheel for this platform)")
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_THREADING_LAYER"}
+    probe = subprocess.run([sys.executable, "-c", "from levit_np.cli import threading_layer; print(threading_layer())"],
+                           capture_output=True, text=True, env=env, timeout=300)
+    assert probe.returncode == 0, probe.stderr[-2000:]
+    assert probe.stdout.startswith("tbb "), probe.stdout

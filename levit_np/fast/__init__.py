@@ -5,9 +5,11 @@
     llvm_ir.py   hand-written LLVM IR: the float32 GEMM micro-kernel, a vectorisable max and 2^n
     weights.py   load time, plain NumPy: BatchNorm folding, panel packing, bias gathering
     kernels.py   the dense, conv and attention kernels, each behind its documented twin
+    threads.py   the threading layer (TBB preferred), and use from several threads or forked processes
 """
 
 from ..backend import Backend
+from . import threads  # noqa: F401 - loads TBB (threads.load_tbb) before any kernel starts the thread pool
 from .blas import get_num_threads, set_num_threads
 from .kernels import add, attention, attention_subsample, classification_layer, mlp, patch_embeddings
 from .weights import prepare

@@ -1,4 +1,12 @@
-"""The numba backend called from several Python threads, or from a process forked after it ran.
+"""The thread pool the numba backend runs on: which one, and its use from several Python threads or forked processes.
+
+Numba runs parallel kernels on one of three threading layers: `tbb` (Intel TBB), `omp` (GNU OpenMP) or `workqueue`
+(its own), the first that loads in NUMBA_THREADING_LAYER_PRIORITY order unless NUMBA_THREADING_LAYER names one.
+levit-np prefers TBB (a dependency where PyPI has its wheels): a parallel region of GNU OpenMP ends only when every
+thread has reached its barrier, so a thread that a busy neighbour has descheduled stalls each of the forward pass's
+many regions; TBB's regions end when their work is done, taken by whichever threads are running, and TBB is
+fork-safe. pip's tbb wheel puts the library in the environment's lib/ folder, where Numba's TBB layer does not look
+(conda's does), so `load_tbb` loads it from there first.
 
 Numba's thread pool runs one parallel region at a time per process: its `workqueue` layer (what Numba falls back
 to without OpenMP or TBB, common on macOS) aborts the process when two Python threads launch regions at once, and
@@ -10,12 +18,39 @@ GNU OpenMP, behind Numba's `omp` layer, is not fork-safe: a child forked after t
 
 from __future__ import annotations
 
+import ctypes
 import os
+import sys
 import threading
+from pathlib import Path
 
 import numba
 
 FORWARD_LOCK = threading.Lock()
+# where pip's tbb wheel installs the library, by platform (its soname, which Numba's TBB layer asks for)
+TBB_LIBRARIES = {"linux": "lib/libtbb.so.12", "darwin": "lib/libtbb.12.dylib", "win32": "Library/bin/tbb12.dll"}
+
+
+def load_tbb() -> bool:
+    """Load pip's TBB from this environment before Numba starts its thread pool, so that Numba can use it; True if
+    it is loaded. Does nothing once the pool has started (the layer is chosen then) or where TBB is not installed."""
+    from numba.np.ufunc import parallel
+
+    name = next((lib for platform, lib in TBB_LIBRARIES.items() if sys.platform.startswith(platform)), None)
+    if parallel._is_initialized or name is None:
+        return False
+    for prefix in dict.fromkeys([sys.prefix, sys.base_prefix]):
+        path = Path(prefix) / name
+        if path.is_file():
+            try:
+                ctypes.CDLL(str(path), mode=getattr(ctypes, "RTLD_GLOBAL", 0))
+                return True
+            except OSError:  # a broken or foreign library: Numba falls back to OpenMP, and `levit-np info` says so
+                return False
+    return False
+
+
+load_tbb()
 _forked_after_launch = False
 
 
