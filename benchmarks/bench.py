@@ -13,7 +13,8 @@ the range is that of the rounds' medians.
 
 Contenders:
   numpy     levit_np, backend="numpy" (the readable reference)
-  numba     levit_np, backend="numba" (the fast path)
+  numba     levit_np, backend="numba" (the fast path), on its default threading layer (TBB where installed)
+  numba-omp the same on Numba's GNU OpenMP layer (NUMBA_THREADING_LAYER=omp)
   hf        transformers' LevitForImageClassificationWithTeacher, eager PyTorch under torch.inference_mode()
   ort       ONNX Runtime (CPUExecutionProvider, all graph optimisations) on the HF model exported by torch.onnx.export
   ov        OpenVINO on that ONNX file, INFERENCE_PRECISION_HINT=f32, LATENCY hint
@@ -48,11 +49,13 @@ from pathlib import Path
 import numpy as np
 
 FLOPS = {"128S": 0.61, "128": 0.81, "192": 1.31, "256": 2.25, "384": 4.70}  # GFLOP per 224 px image
-CONTENDERS = ("numpy", "numba", "hf", "ort", "ov", "ov-auto")
+CONTENDERS = ("numpy", "numba", "numba-omp", "hf", "ort", "ov", "ov-auto")
 DEFAULT_CONTENDERS = ("numba", "hf", "ort", "ov", "ov-auto")
-LABELS = {"numpy": "levit_np numpy", "numba": "levit_np numba", "hf": "HF eager (PyTorch)", "ort": "ONNX Runtime",
+LABELS = {"numpy": "levit_np numpy", "numba": "levit_np numba", "numba-omp": "levit_np numba, GNU OpenMP",
+          "hf": "HF eager (PyTorch)", "ort": "ONNX Runtime",
           "ov": "OpenVINO f32", "ov-auto": "OpenVINO default (bf16 on AMX)"}
-FLOAT32 = {"numpy", "numba", "hf", "ort", "ov"}  # contenders whose logits must agree with HF's to float32 rounding
+# contenders whose logits must agree with HF's to float32 rounding
+FLOAT32 = {"numpy", "numba", "numba-omp", "hf", "ort", "ov"}
 ROOT = Path(__file__).resolve().parent.parent
 
 _X86 = "+64bit,+cmov,+cx16,+fxsr,+mmx,+popcnt,+sse,+sse2,+sse3,+sse4.1,+sse4.2,+ssse3"
@@ -63,10 +66,10 @@ CONDITIONS = {
               "NUMBA_CPU_FEATURES": _X86 + ",+avx,+avx2,+bmi,+bmi2,+f16c,+fma,+lzcnt,+movbe,+xsave",
               "OPENBLAS_CORETYPE": "Haswell"},
              {"MKL_ENABLE_INSTRUCTIONS": "AVX2", "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"},
-             ("numpy", "numba", "hf")),
+             ("numpy", "numba", "numba-omp", "hf")),
     "sse": ({"NUMBA_CPU_NAME": "nehalem", "NUMBA_CPU_FEATURES": _X86, "OPENBLAS_CORETYPE": "Nehalem"},
             {"MKL_ENABLE_INSTRUCTIONS": "SSE4_2", "ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41"},
-            ("numpy", "numba", "hf")),
+            ("numpy", "numba", "numba-omp", "hf")),
     "busy": ({}, {}, CONTENDERS),
 }
 
@@ -74,11 +77,11 @@ CONDITIONS = {
 # --- contenders: each a callable pixel_values (np.ndarray) -> logits, built in its own process ----------------------
 
 def load_contender(name: str, ckpt: Path, onnx_path: Path, threads: int):
-    if name in ("numpy", "numba"):
+    if name in ("numpy", "numba", "numba-omp"):
         import levit_np
 
         levit_np.set_num_threads(threads)
-        model = levit_np.from_pretrained(str(ckpt), backend=name)
+        model = levit_np.from_pretrained(str(ckpt), backend=name.split("-")[0])
         return lambda x: model(x).logits
     if name == "hf":
         import torch
@@ -214,7 +217,7 @@ def worker(name: str, ckpt: str, onnx_path: str, threads: int) -> None:
 
 
 def describe_process(name: str) -> str:
-    if name not in ("numpy", "numba"):
+    if name not in ("numpy", "numba", "numba-omp"):
         return ""
     import levit_np.cli
 
@@ -229,7 +232,9 @@ class Contender:
         levit_env, hf_env, _ = CONDITIONS[condition]
         env = {**os.environ, "NUMBA_NUM_THREADS": str(threads), "OMP_NUM_THREADS": str(threads),
                "LEVIT_NP_BACKGROUND_COMPILE": "0"}
-        env.update(hf_env if name == "hf" else levit_env if name in ("numpy", "numba") else {})
+        env.update(hf_env if name == "hf" else levit_env if name in ("numpy", "numba", "numba-omp") else {})
+        if name == "numba-omp":
+            env["NUMBA_THREADING_LAYER"] = "omp"
         if "NUMBA_CPU_NAME" in env:  # an emulated CPU's kernels get a cache of their own, kept between runs
             env["NUMBA_CACHE_DIR"] = str(cache_root / env["NUMBA_CPU_NAME"])
         self.name, self.condition = name, condition
@@ -489,7 +494,7 @@ def render(rows, args, peaks, infos, cold) -> str:
                         lines.append("| " + " | ".join([
                             f"LeViT-{v}", str(b), str(t), LABELS[name],
                             f"{ms(r['ms'])} [{ms(r['lo'])}-{ms(r['hi'])}]", f"{b / r['ms'] * 1e3:.0f}", *vs,
-                            f"{gflops:.0f}", f"{gflops / peak:.0%}" if peak and name == "numba" else "-",
+                            f"{gflops:.0f}", f"{gflops / peak:.0%}" if peak and name.startswith("numba") else "-",
                             "-" if rss != rss else f"{rss:.0f}", f"{r['err']:.1e}"]) + " |")
             lines.append("")
     if cold:
