@@ -28,17 +28,19 @@ def main(argv=None):
     from numba.core import event
 
     import levit_np
+    from levit_np.fast.jit import SOURCE_HASH
     from levit_np.testing import random_checkpoint
 
     path = random_checkpoint(tempfile.mkdtemp(prefix="levit-"), args.variant)
     model = levit_np.from_pretrained(path, backend="numba", dtype=args.dtype)
-    x = np.zeros((1, 3, model.config.image_size, model.config.image_size), args.dtype)
+    x = np.zeros((1, 3, *model.config.image_shape), args.dtype)
 
     spans, stack = [], []
 
     class Listener(event.Listener):
         def on_start(self, ev):
-            stack.append((ev.data["dispatcher"].py_func.__qualname__, time.perf_counter(), []))
+            name = ev.data["dispatcher"].py_func.__qualname__.removesuffix(f"_{SOURCE_HASH}")  # (jit.py names)
+            stack.append((name, time.perf_counter(), []))
 
         def on_end(self, ev):
             name, t0, children = stack.pop()

@@ -14,13 +14,16 @@ from __future__ import annotations
 import argparse
 import collections
 import dataclasses
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
-from bench import FLOPS, build_levit  # benchmarks/, this script's folder, is on sys.path
+from bench import FLOPS  # benchmarks/, this script's folder, is on sys.path
 
 import levit_np
 from levit_np.fast import blas, kernels
+from levit_np.testing import random_checkpoint
 
 PUBLIC = ("patch_embeddings", "attention", "attention_subsample", "mlp", "add", "classification_layer")
 KERNELS = ("_conv_kernel", "_dense_blas_kernel", "_dense_packed_kernel", "_add_kernel", "_attention_kernel")
@@ -35,7 +38,8 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if args.threads:
         levit_np.set_num_threads(args.threads)
-    model = build_levit(args.variant, "numba")
+    model = levit_np.from_pretrained(random_checkpoint(Path(tempfile.mkdtemp()) / args.variant, args.variant),
+                                     backend="numba")
     x = np.random.default_rng(0).standard_normal((args.batch, 3, 224, 224), dtype=np.float32)
     t = time.perf_counter()
     while time.perf_counter() - t < 1.0:  # compile, then warm caches, threads and clocks up

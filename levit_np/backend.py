@@ -27,7 +27,7 @@ class Backend:
     patch_embeddings: Callable
     # x (B, N, C), **layer weights, **layer.hyper(), output_attentions -> (branch (B, N, C), probs or None)
     attention: Callable
-    # x (B, R*R, C), **layer weights, **layer.hyper(), output_attentions -> ((B, R'*R', C'), probs or None)
+    # x (B, Rh*Rw, C), **layer weights, **layer.hyper(), output_attentions -> ((B, Rh'*Rw', C'), probs or None)
     attention_subsample: Callable
     # x (B, N, C), **layer weights -> branch (B, N, C)
     mlp: Callable

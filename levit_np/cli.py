@@ -2,6 +2,9 @@
 
     levit-np predict cat.jpg dog.png [--model facebook/levit-128S] [--top-k 5] [--json] [--backend NAME]
     levit-np predict photos/ --json > labels.jsonl    # a folder (recursively): progress bar on stderr
+    levit-np predict wide.jpg --image-size 224x384    # at another input size: S or HEIGHTxWIDTH, multiples of 16
+    levit-np predict photos/ --jsonl labels.jsonl [--resume] [--embeddings emb.npy] [--workers N]   # a collection
+    levit-np distributed photos/ --scheduler tcp://host:8786 --output labels/       # on a Dask cluster, in shards
     levit-np info facebook/levit-128S                 # variant, parameters, labels, where the weights live
     levit-np fetch [NAME ...] [--dir weights]         # download checkpoints (default: all five released ones)
 
@@ -16,15 +19,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
 from . import __version__
-from .config import VARIANTS
+from .config import VARIANTS, LevitConfig, as_grid
 from .hub import DEFAULT_MODEL, RELEASED, fetch, resolve
 from .model import from_pretrained
-from .prediction import DEFAULT_BATCH_SIZE, iter_predictions, load_model
-from .preprocessing import check_image, resize_short_side
+from .prediction import DEFAULT_BATCH_SIZE, load_model
+from .preprocessing import check_image, resize_box, resize_short_side
 
 PROG = "levit-np"
 
@@ -45,12 +49,15 @@ def main(argv: list[str] | None = None) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description="LeViT image classification in pure NumPy.")
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{predict,info,fetch,compile}")
+    sub = parser.add_subparsers(dest="command", required=True,
+                                metavar="{predict,info,fetch,compile,distributed}")
 
     p = sub.add_parser("predict", help="classify images (files or folders)",
                        description="Print the top-k ImageNet labels of each image, with softmax probabilities.")
-    p.add_argument("images", nargs="+", metavar="IMAGE",
+    p.add_argument("images", nargs="*", metavar="IMAGE",
                    help="image files, or folders (searched recursively for files Pillow can read)")
+    p.add_argument("--files-from", metavar="FILE", default=None,
+                   help="read more image paths from FILE, one per line ('-': standard input)")
     p.add_argument("--model", default=DEFAULT_MODEL,
                    help=f"Hub id, released variant ({', '.join(VARIANTS)}) or checkpoint directory "
                         f"(default: {DEFAULT_MODEL})")
@@ -61,11 +68,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="forward-pass backend (default: auto, numba once its kernels are compiled)")
     p.add_argument("--batch-size", type=_positive_int, default=DEFAULT_BATCH_SIZE,
                    help=f"images per forward pass (default: {DEFAULT_BATCH_SIZE})")
-    p.set_defaults(run=run_predict)
+    p.add_argument("--image-size", type=image_size_arg, default=None, metavar="S|HxW",
+                   help="run the model at this input size, S or HEIGHTxWIDTH in pixels (multiples of 16, e.g. "
+                        "224x384); its attention biases are resized to it (default: the checkpoint's own size)")
+    p.add_argument("--jsonl", metavar="FILE", default=None,
+                   help="write the --json lines to FILE instead, a batch at a time (flushed and fsynced), with an "
+                        '{"image", "error"} line for each image that failed')
+    p.add_argument("--resume", action="store_true",
+                   help="continue the --jsonl FILE of an interrupted run: skip the images it holds, append the rest")
+    p.add_argument("--embeddings", metavar="FILE.npy", default=None,
+                   help="with --jsonl: also store each image's pooler_output (float32) as a row of FILE.npy; its "
+                        'line says which ("embedding": row)')
+    p.add_argument("--workers", type=_positive_int, default=1, metavar="N",
+                   help="run N processes (spawned, cores // N threads each); the output is one process's "
+                        "(default: 1)")
+    p.set_defaults(run=run_predict, usage_error=p.error)
 
     p = sub.add_parser("info", help="describe a checkpoint and where its weights live")
     p.add_argument("model", nargs="?", default=DEFAULT_MODEL, help=f"(default: {DEFAULT_MODEL})")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--image-size", type=image_size_arg, default=None, metavar="S|HxW",
+                   help="describe the model at this input size (token grids, preprocessing)")
     p.set_defaults(run=run_info)
 
     p = sub.add_parser("fetch", help="download checkpoints from the Hugging Face Hub",
@@ -82,6 +105,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", nargs="+", default=["float32"], choices=["float32", "float64"],
                    help="the precisions to compile (default: float32)")
     p.set_defaults(run=run_compile)
+
+    p = sub.add_parser("distributed", help="label a collection on a Dask cluster, into JSONL shards",
+                       description="Label images on a Dask cluster (pip install 'levit-np[dask]'): one task per "
+                                   "shard, each written to DIR/part-NNNNNN.jsonl when complete, with the lines of "
+                                   "`predict --jsonl`. Paths and DIR must be the same on every worker.")
+    p.add_argument("images", nargs="*", metavar="IMAGE", help="image files, or folders (searched recursively)")
+    p.add_argument("--files-from", metavar="FILE", default=None,
+                   help="read more image paths from FILE, one per line ('-': standard input)")
+    p.add_argument("--output", required=True, metavar="DIR", help="the folder the shards go to")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--scheduler", metavar="ADDRESS",
+                       help="a running Dask scheduler: tcp://host:8786, or its scheduler file (.json)")
+    where.add_argument("--local-cluster", type=_positive_int, metavar="N",
+                       help="start a Dask cluster of N worker processes on this machine for the job")
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"as for predict (default: {DEFAULT_MODEL})")
+    p.add_argument("--backend", default=None, choices=["auto", "numba", "numpy"], help="as for predict")
+    p.add_argument("--image-size", type=image_size_arg, default=None, metavar="S|HxW", help="as for predict")
+    p.add_argument("--top-k", type=_positive_int, default=5, help="labels per image (default: 5)")
+    p.add_argument("--batch-size", type=_positive_int, default=DEFAULT_BATCH_SIZE,
+                   help=f"images per forward pass (default: {DEFAULT_BATCH_SIZE})")
+    p.add_argument("--shard-size", type=_positive_int, default=None, metavar="IMAGES",
+                   help="images per task, a multiple of --batch-size (default: 32 batches, fewer for a job too "
+                        "small to give each worker 4 tasks)")
+    p.add_argument("--embeddings", action="store_true",
+                   help="also store each image's pooler_output (float32) in DIR/part-NNNNNN.npy")
+    p.add_argument("--resume", action="store_true", help="continue DIR: skip the images its shards hold")
+    p.add_argument("--retries", type=int, default=2, help="reruns of a task that raised (default: 2)")
+    p.add_argument("--threads", type=_positive_int, default=None,
+                   help="threads per task (default: the worker's; cores // N with --local-cluster)")
+    p.set_defaults(run=run_distributed, usage_error=p.error)
     return parser
 
 
@@ -130,39 +183,118 @@ def threading_layer() -> str:
     try:
         parallel._launch_threads()  # what a first parallel kernel does; it chooses the layer
         return f"{numba.threading_layer()} (NUMBA_THREADING_LAYER={numba.config.THREADING_LAYER})"
-    except Exception as e:  # noqa: BLE001 - info reports, never fails
+    except Exception as e:  # info reports, never fails
         return f"unknown ({e})"
 
 
 def run_predict(args) -> int:
-    images, failures, folder = collect_images(args.images)
+    from .labelling import JsonlOutput, LabelledBatch, batches, label_batches, unique
+
+    if not (args.images or args.files_from):
+        args.usage_error("give image files or folders, or --files-from FILE")
+    if (args.resume or args.embeddings) and not args.jsonl:
+        args.usage_error("--resume and --embeddings go with --jsonl FILE")
+    images, failures, folder = collect_images(args.images + files_from(args.files_from))
+    output = None
+    if args.jsonl:  # one line per image: each image once, those already in a resumed file skipped
+        images = unique(images)
+        output = JsonlOutput(args.jsonl, resume=args.resume, embeddings=args.embeddings)
     total = len(images) + len(failures)  # each image, and each folder without images
-    readable = []
-    for image in images:  # cheap checks (the file exists) before the model is loaded
-        try:
-            check_image(image, name=shown(image))
-            readable.append(image)
-        except (OSError, ValueError) as e:
-            failures.append((image, str(e)))
-    if readable:
-        model = load_model(args.model, args.backend)
+    try:
+        todo = images if output is None else [image for image in images if image not in output.done]
+        skipped = len(images) - len(todo)
+        if output is not None and args.resume and (skipped or output.partial_bytes):
+            cut = f", a partial last line ({output.partial_bytes} bytes) cut off" if output.partial_bytes else ""
+            print(f"{PROG}: resuming {shown(args.jsonl)}: {skipped} of {len(images)} images done{cut}",
+                  file=sys.stderr)
+        unreadable = {}
+        for image in todo:  # cheap checks (the file exists) first: no model is loaded when nothing is readable
+            try:
+                check_image(image, name=shown(image))
+            except (OSError, ValueError) as e:
+                unreadable[image] = str(e)
+        spec = {"model": args.model, "backend": args.backend}
+        if args.image_size is not None:
+            spec["image_size"] = args.image_size
+        options = dict(top_k=args.top_k, batch_size=args.batch_size, embeddings=bool(args.embeddings))
+        if len(unreadable) == len(todo):
+            source = (LabelledBatch(chunk, [unreadable[image] for image in chunk])
+                      for chunk in batches(todo, args.batch_size))
+        elif args.workers == 1:
+            source = label_batches(load_model(**spec), todo, **options)
+        else:
+            from . import workers
+
+            spec["model"] = str(resolve(args.model))  # found (or downloaded) once, here, not by every worker
+            source = workers.label_batches(spec, todo, workers=args.workers, **options)
         from tqdm import tqdm
 
-        with tqdm(total=len(readable), unit="img", file=sys.stderr, disable=None if folder else True) as bar:
-            for i, result in iter_predictions(readable, model, top_k=args.top_k, batch_size=args.batch_size,
-                                              names=[shown(image) for image in readable], errors="return"):
-                if isinstance(result, Exception):
-                    failures.append((readable[i], str(result)))
+        with tqdm(total=len(images), initial=skipped, unit="img", file=sys.stderr,
+                  disable=None if folder else True) as bar:
+            for batch in source:
+                if output is not None:
+                    output.write(batch)
                 else:
-                    tqdm.write(format_predictions(readable[i], result, args.json), file=sys.stdout)
-                bar.update()
-    if failures:
-        print(f"{PROG}: {len(failures)} of {total} inputs failed:", file=sys.stderr)
-        for image, message in failures:  # every message names its image already
-            message = " ".join(message.splitlines())  # one line per failure, whatever the decoder said
-            print(f"  {message}" if shown(image) in message else f"  {shown(image)}: {message}", file=sys.stderr)
+                    failures.extend(batch.failures)
+                    for image, result in zip(batch.images, batch.results, strict=True):
+                        if not isinstance(result, str):
+                            tqdm.write(format_predictions(image, result, args.json), file=sys.stdout)
+                bar.update(len(batch.images))
+    finally:
+        if output is not None:
+            output.close()
+    if output is not None:  # this run's failures and those of the runs it resumed
+        wanted = set(images)
+        failures += [(image, message) for image, message in output.failed if image in wanted]
+    return report_failures(failures, total)
+
+
+def report_failures(failures: list[tuple[str, str]], total: int) -> int:
+    """List the failures on stderr, one line each; the exit status: 1 if there were any, else 0."""
+    if not failures:
+        return 0
+    print(f"{PROG}: {len(failures)} of {total} inputs failed:", file=sys.stderr)
+    for image, message in failures:  # every message names its image already
+        message = " ".join(message.splitlines())  # one line per failure, whatever the decoder said
+        print(f"  {message}" if shown(image) in message else f"  {shown(image)}: {message}", file=sys.stderr)
+    return 1
+
+
+def files_from(path: str | None) -> list[str]:
+    """--files-from: the paths in the file `path` (or standard input for "-"), one per line, blank lines skipped."""
+    if path is None:
+        return []
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8",
+                                                                         errors="surrogateescape")
+    except OSError as e:
+        raise OSError(f"cannot read --files-from {shown(path)}: {e.strerror or e}") from None
+    return [line for line in text.splitlines() if line.strip()]
+
+
+def run_distributed(args) -> int:
+    if not (args.images or args.files_from):
+        args.usage_error("give image files or folders, or --files-from FILE")
+    from .distributed import predict_dataset
+
+    try:
+        run = predict_dataset(args.images + files_from(args.files_from), args.output, scheduler=args.scheduler,
+                              workers=args.local_cluster, model=args.model, backend=args.backend,
+                              image_size=args.image_size, top_k=args.top_k, batch_size=args.batch_size,
+                              shard_size=args.shard_size, embeddings=args.embeddings, resume=args.resume,
+                              retries=args.retries, threads=args.threads, progress=True)
+    except ModuleNotFoundError as e:  # the dask extra is not installed
+        print(f"{PROG}: error: {e}", file=sys.stderr)
         return 1
-    return 0
+    print(f"{run.labelled} images labelled into {len(run.shards)} shards in {shown(args.output)}"
+          + (f" ({run.skipped} were done already)" if run.skipped else ""))
+    status = report_failures(run.failures, run.images)
+    if run.failed_shards:
+        print(f"{PROG}: {len(run.failed_shards)} shards failed (rerun with --resume to retry them):", file=sys.stderr)
+        for index, why in run.failed_shards:
+            print(f"  shard {index}: {' '.join(why.splitlines())}", file=sys.stderr)
+        status = 1
+    return status
 
 
 def collect_images(args: list[str]) -> tuple[list[str], list[tuple[str, str]], bool]:
@@ -211,7 +343,7 @@ def image_files(folder: Path) -> list[str]:
 
 def run_info(args) -> int:
     path = resolve(args.model)
-    model = from_pretrained(path, backend="numpy")
+    model = from_pretrained(path, backend="numpy", image_size=args.image_size)
     c = model.config
     variant = next((v for v, kw in VARIANTS.items() if all(tuple(getattr(c, k)) == v2 for k, v2 in kw.items())),
                    None)
@@ -222,7 +354,8 @@ def run_info(args) -> int:
         "architecture": model.architecture,
         "hidden_sizes": list(c.hidden_sizes), "num_attention_heads": list(c.num_attention_heads),
         "depths": list(c.depths), "key_dim": list(c.key_dim),
-        "image_size": c.image_size,
+        "image_size": c.image_size if isinstance(c.image_size, int) else list(c.image_size),  # S, or [h, w]
+        "token_grids": [list(grid) for grid in c.resolutions],  # (rows, columns) per stage
         "parameters": int(model.num_parameters),
         "num_labels": c.num_labels,
         "labels": [c.id2label[i] for i in range(c.num_labels)],
@@ -240,8 +373,8 @@ def run_info(args) -> int:
           f"architecture:  {info['architecture']}\n"
           f"config:        hidden_sizes {info['hidden_sizes']}, heads {info['num_attention_heads']}, "
           f"depths {info['depths']}, key_dim {info['key_dim']}\n"
-          f"image size:    {c.image_size} (short side resized to {resize_short_side(c.image_size)}, "
-          f"center crop {c.image_size})\n"
+          f"image size:    {size_text(c.image_size)} ({resize_text(c.image_size)}, center crop "
+          f"{size_text(c.image_size)}); token grids {' -> '.join(size_text(g) for g in c.resolutions)}\n"
           f"parameters:    {info['parameters']:,} ({info['parameters'] / 1e6:.2f}M)\n"
           f"labels:        {len(labels)} ({first})\n"
           f"weights:       {info['weights']} (model.safetensors, {info['weights_bytes'] / 1e6:.1f} MB)")
@@ -264,6 +397,32 @@ def run_fetch(args) -> int:
     for message in failures:
         print(f"{PROG}: error: {message}", file=sys.stderr)
     return 1 if failures else 0
+
+
+def size_text(size) -> str:
+    """224 -> "224x224"; (448, 800) -> "448x800": height x width."""
+    height, width = as_grid(size)
+    return f"{height}x{width}"
+
+
+def resize_text(image_size) -> str:
+    """How preprocessing resizes an image before its center crop, in words."""
+    if isinstance(image_size, int):
+        return f"short side resized to {resize_short_side(image_size)}"
+    return f"resized to cover {size_text(resize_box(image_size))}"
+
+
+def image_size_arg(text: str):
+    """--image-size: "320" (320 x 320) or "448x800" (height x width) -> 320 or (448, 800), multiples of 16."""
+    match = re.fullmatch(r"\s*(\d{1,6})\s*(?:[xX]\s*(\d{1,6})\s*)?", text, flags=re.ASCII)
+    if match is None:
+        raise argparse.ArgumentTypeError(f"expected S or HEIGHTxWIDTH in pixels (e.g. 224 or 448x800), found "
+                                         f"{text!r}")
+    sides = [int(side) for side in match.groups() if side is not None]
+    try:  # the same bounds as a config.json's image_size: 1..1024 per side, and the conv stem's multiples of 16
+        return LevitConfig(image_size=sides[0] if len(sides) == 1 else tuple(sides)).image_size
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"{text!r}: {e}") from None
 
 
 def _positive_int(text: str) -> int:

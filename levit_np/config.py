@@ -49,7 +49,7 @@ class LevitConfig:
     mlp_ratio: tuple[int, ...] = (2, 2, 2)
     attention_ratio: tuple[int, ...] = (2, 2, 2)
     down_ops: tuple[Subsample, ...] = ()  # derived from key_dim / hidden_sizes when empty, as HF does
-    image_size: int = 224
+    image_size: int | tuple[int, int] = 224  # pixels: S for S x S (as config.json holds it), or (height, width)
     patch_size: int = 16
     num_channels: int = 3
     kernel_size: int = 3
@@ -71,11 +71,17 @@ class LevitConfig:
         return layer_plan(self)
 
     @property
-    def resolutions(self) -> tuple[int, ...]:
-        """Token-grid side length in each stage: 224 px -> (14, 7, 4); 160 px -> (10, 5, 3)."""
-        r = [self.image_size // self.patch_size]
+    def image_shape(self) -> tuple[int, int]:
+        """(height, width) of the input in pixels: image_size 224 -> (224, 224); (448, 800) as it is."""
+        return as_grid(self.image_size)
+
+    @property
+    def resolutions(self) -> tuple[tuple[int, int], ...]:
+        """Token grid (rows, columns) of each stage: 224 px -> ((14, 14), (7, 7), (4, 4)); 448 x 800 px ->
+        ((28, 50), (14, 25), (7, 13))."""
+        r = [tuple(side // self.patch_size for side in self.image_shape)]
         for sub in self.down_ops:
-            r.append((r[-1] - 1) // sub.stride + 1)  # HF: (resolution_in - 1) // stride + 1
+            r.append(tuple((side - 1) // sub.stride + 1 for side in r[-1]))  # HF: (resolution_in - 1) // stride + 1
         return tuple(r)
 
     @classmethod
@@ -90,9 +96,11 @@ class LevitConfig:
         for name in PER_STAGE:
             if name in d:
                 kw[name] = _int_tuple(d[name], f"{source}: {name}", NUM_STAGES)
-        for name in ("image_size", "patch_size", "num_channels", "kernel_size", "stride", "padding"):
+        for name in ("patch_size", "num_channels", "kernel_size", "stride", "padding"):
             if name in d:
                 kw[name] = _int(d[name], f"{source}: {name}")
+        if "image_size" in d:  # HF writes an int; [height, width] for a non-square input (checked in _validate)
+            kw["image_size"] = d["image_size"]
         if "down_ops" in d:
             kw["down_ops"] = _parse_down_ops(d["down_ops"], f"{source}: down_ops")
         kw["id2label"] = _parse_id2label(d, source)
@@ -129,7 +137,8 @@ class LevitConfig:
 # plan, the attention bias index tables) small, so that an absurd config fails at once, naming its field.
 MAX_LABELS = 1_000_000  # ImageNet-21k has 21,843 classes; a million default labels build in well under a second
 MAX_DEPTH = 256  # blocks per stage (LeViT: 2 to 4)
-MAX_IMAGE_SIZE = 1024  # pixels: a first-stage attention's bias index table has (S/16)^4 entries, 4096^2 at 1024
+MAX_IMAGE_SIZE = 1024  # pixels per side: a first-stage attention's bias index table has (H/16 * W/16)^2 entries,
+#                        4096^2 at 1024 x 1024
 MAX_SIZE = 65_536  # every other size: channels, heads, key_dim, ratios, kernel, stride, padding
 MAX_DOWN_OPS = 1024  # down_ops entries, nearly all of them the [""] each HF model build appends
 MAX_CONFIG_BYTES = 64 * 2**20  # bytes of config.json; a million labels in id2label take about 30 MB
@@ -250,7 +259,7 @@ def _validate(c: LevitConfig) -> None:
         object.__setattr__(c, name, tuple(v))  # a list given in Python becomes a tuple, as from_dict makes it
         low = 0 if name in ("depths", "mlp_ratio") else 1
         _check_ints(c, name, low, MAX_DEPTH if name == "depths" else MAX_SIZE)
-    _check_ints(c, "image_size", 1, MAX_IMAGE_SIZE)
+    _check_image_size(c)
     for name in ("patch_size", "num_channels", "kernel_size", "stride"):
         _check_ints(c, name, 1, MAX_SIZE)
     _check_ints(c, "padding", 0, MAX_SIZE)
@@ -268,15 +277,51 @@ def _validate(c: LevitConfig) -> None:
             raise ValueError(f"down_ops[{s}] has a non-positive entry: {sub}")
         if max(sub.key_dim, sub.num_attention_heads, sub.attention_ratio, sub.mlp_ratio, sub.stride) > MAX_SIZE:
             raise ValueError(f"down_ops[{s}] has an entry over {MAX_SIZE}: {sub}")
-    # The conv stem must land exactly on the token grid the attention biases are built for.
-    side = c.image_size
-    for _ in range(4):
-        side = (side + 2 * c.padding - c.kernel_size) // c.stride + 1
-    grid = c.image_size // c.patch_size
-    if side != grid or grid < 1:
-        raise ValueError(f"image_size {c.image_size} gives a {side}x{side} grid after the conv stem but "
-                         f"image_size // patch_size = {grid}; with the 3x3/stride-2 stem, image_size must be a "
-                         f"multiple of {c.patch_size}")
+    # The conv stem must land exactly on the token grid the attention biases are built for, along both axes.
+    stem, grid = [], []
+    for pixels in c.image_shape:
+        side = pixels
+        for _ in range(4):
+            side = (side + 2 * c.padding - c.kernel_size) // c.stride + 1
+        stem.append(side)
+        grid.append(pixels // c.patch_size)
+    if stem != grid or min(grid) < 1:
+        raise ValueError(f"image_size {_show(c.image_size)} gives a {stem[0]}x{stem[1]} grid after the conv stem "
+                         f"but image_size // patch_size = {grid[0]}x{grid[1]}; with the 3x3/stride-2 stem, each side "
+                         f"of image_size must be a multiple of {c.patch_size}")
+
+
+def normalize_image_size(v, what: str = "image_size") -> int | tuple[int, int]:
+    """An input size as given, an integer S (S x S) or a (height, width) pair of them, -> its one form: the integer
+    for a square ((224, 224) is 224, as config.json says), else the (height, width) tuple. ValueError naming `what`
+    and the value unless each side is an integer in 1..MAX_IMAGE_SIZE. (That each side is a multiple of the patch
+    size is the config's check: it depends on the stem.)"""
+    def side(x) -> int:
+        if isinstance(x, bool) or not isinstance(x, numbers.Integral):
+            raise ValueError(f"{what} must be an integer or a (height, width) pair of integers, found {_show(v)}")
+        if not 1 <= x <= MAX_IMAGE_SIZE:
+            raise ValueError(f"{what} must be in 1..{MAX_IMAGE_SIZE} per side, found {_show(v)}")
+        return int(x)
+
+    if isinstance(v, (list, tuple)):
+        if len(v) != 2:
+            raise ValueError(f"{what} must be an integer or a (height, width) pair, found {len(v)} entries: "
+                             f"{_show(v)}")
+        height, width = side(v[0]), side(v[1])
+        return height if height == width else (height, width)
+    return side(v)
+
+
+def _check_image_size(c: LevitConfig) -> None:
+    object.__setattr__(c, "image_size", normalize_image_size(c.image_size))
+
+
+def as_grid(size) -> tuple[int, int]:
+    """A square side or a (rows, columns) pair -> (rows, columns): 14 -> (14, 14); (28, 50) as it is."""
+    if isinstance(size, (tuple, list)):
+        rows, cols = size
+        return int(rows), int(cols)
+    return int(size), int(size)
 
 
 def _check_labels(c: LevitConfig) -> None:
@@ -294,20 +339,29 @@ class Layer:
     kind: str  # "attention" | "mlp" (both residual) | "attention_subsample" (the downsampling attention)
     dim: int  # channels in
     out_dim: int  # channels out (differs from dim only for attention_subsample)
-    resolution: int  # grid side of the input tokens
+    resolution: tuple[int, int]  # (rows, columns) of the input token grid; a side R is taken as (R, R)
     hidden_dim: int = 0  # mlp: dim * mlp_ratio
     num_attention_heads: int = 0
     key_dim: int = 0
     attention_ratio: int = 0
     stride: int = 1  # attention_subsample: query stride
 
+    def __post_init__(self):
+        object.__setattr__(self, "resolution", as_grid(self.resolution))
+
     @property
-    def resolution_out(self) -> int:
-        return (self.resolution - 1) // self.stride + 1
+    def resolution_out(self) -> tuple[int, int]:
+        """(rows, columns) of the output grid: the queries' grid, every stride-th cell in both directions."""
+        return tuple((side - 1) // self.stride + 1 for side in self.resolution)
+
+    @property
+    def num_tokens(self) -> int:
+        """N of the input tokens (B, N, C): rows * columns."""
+        return self.resolution[0] * self.resolution[1]
 
     @functools.cached_property
     def attention_bias_idxs(self):
-        """(Nq, Nk) index into this attention layer's (H, R*R) bias table (see layers.attention_bias_idxs)."""
+        """(Nq, Nk) index into this attention layer's (H, Rh*Rw) bias table (see layers.attention_bias_idxs)."""
         from .layers import attention_bias_idxs  # the reference owns the rule
 
         return attention_bias_idxs(self.resolution, self.resolution_out, self.stride)
@@ -331,7 +385,7 @@ class Layer:
         C, H, kd, vd = self.dim, self.num_attention_heads, self.key_dim, self.attention_ratio * self.key_dim
         if self.kind == "mlp":
             return {**linear_bn("linear_up", C, self.hidden_dim), **linear_bn("linear_down", self.hidden_dim, C)}
-        bias = {"attention_biases": (H, self.resolution ** 2)}
+        bias = {"attention_biases": (H, self.num_tokens)}  # one entry per offset (|Δrow|, |Δcol|) on the grid
         if self.kind == "attention":
             return {**linear_bn("queries_keys_values", C, H * (2 * kd + vd)), **linear_bn("projection", H * vd, C),
                     **bias}
@@ -343,8 +397,8 @@ class Layer:
 class Stage:
     """One stage: its residual blocks on one token grid, then (stages 0 and 1) the downsampling to the next grid."""
 
-    blocks: tuple[Layer, ...]  # depth x (attention, mlp), all (B, R*R, C) -> (B, R*R, C)
-    downsample: tuple[Layer, ...]  # (attention_subsample, mlp): (B, R*R, C) -> (B, R'*R', C'); () for the last
+    blocks: tuple[Layer, ...]  # depth x (attention, mlp), all (B, Rh*Rw, C) -> (B, Rh*Rw, C)
+    downsample: tuple[Layer, ...]  # (attention_subsample, mlp): (B, Rh*Rw, C) -> (B, Rh'*Rw', C'); () for the last
 
     @property
     def layers(self) -> tuple[Layer, ...]:

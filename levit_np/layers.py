@@ -2,7 +2,8 @@
 
 Argument names follow the weight tree (`checkpoint.load_checkpoint`), so a layer is called as
 `attention(x, **params["stages"][s]["blocks"][i], **layer.hyper())`, `layer` its entry in `config.plan`.
-Shapes use B batch, N tokens (R*R on an R x R grid), C channels, H heads, kd key dim, ar attention ratio.
+Shapes use B batch, N tokens (Rh*Rw on an Rh x Rw grid, token t = row*Rw + col), C channels, H heads, kd key dim,
+ar attention ratio. A grid ("resolution") is a (rows, columns) pair; a side R means the square (R, R).
 Eval-mode BatchNorm is written out explicitly here; the fast path (`levit_np/fast/`) folds it into the weights.
 """
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .config import BN_EPS
+from .config import BN_EPS, as_grid
 
 
 def hardswish(x):
@@ -52,13 +53,20 @@ def conv_bn(x, convolution, batch_norm, stride=2, padding=1):
 
 def patch_embeddings(pixel_values, embedding_layer_1, embedding_layer_2, embedding_layer_3, embedding_layer_4, *,
                      stride=2, padding=1):
-    # the conv stem: 4 x (conv 3x3/2 + BN), Hardswish after the first three; 224 -> 112 -> 56 -> 28 -> 14
+    # the conv stem: 4 x (conv 3x3/2 + BN), Hardswish after the first three; 224 -> 112 -> 56 -> 28 -> 14 along
+    # each axis (448 x 800 -> 28 x 50)
     x = hardswish(conv_bn(pixel_values, **embedding_layer_1, stride=stride, padding=padding))  # (B, C/8, 112, 112)
     x = hardswish(conv_bn(x, **embedding_layer_2, stride=stride, padding=padding))  # -> (B, C/4, 56, 56)
     x = hardswish(conv_bn(x, **embedding_layer_3, stride=stride, padding=padding))  # -> (B, C/2, 28, 28)
-    x = conv_bn(x, **embedding_layer_4, stride=stride, padding=padding)  # -> (B, C, 14, 14)
+    x = conv_bn(x, **embedding_layer_4, stride=stride, padding=padding)  # -> (B, C, 14, 14) = (B, C, Rh, Rw)
     B, C = x.shape[:2]
-    return x.reshape(B, C, -1).transpose(0, 2, 1)  # (B, C, R, R) -> (B, R*R, C), token t = row*R + col
+    return x.reshape(B, C, -1).transpose(0, 2, 1)  # (B, C, Rh, Rw) -> (B, Rh*Rw, C), token t = row*Rw + col
+
+
+def feature_map(x, resolution):
+    # a token sequence as the image-shaped map dense heads take: (B, Rh*Rw, C) -> (B, C, Rh, Rw)
+    B, _, C = x.shape
+    return np.ascontiguousarray(x.reshape(B, *as_grid(resolution), C).transpose(0, 3, 1, 2))  # (B, C, Rh, Rw)
 
 
 def linear_bn(x, linear, batch_norm):
@@ -67,14 +75,16 @@ def linear_bn(x, linear, batch_norm):
 
 
 def attention_bias_idxs(resolution_in, resolution_out=None, stride=1):
-    # (Nq, Nk) index into the (H, R*R) bias table: query cell (a, b) sits at (stride*a, stride*b) of the key grid;
-    # the bias depends only on the offset to key cell (c, d): idx = |stride*a - c| * R + |stride*b - d|
-    R, Rq = resolution_in, resolution_out or resolution_in
-    q = np.arange(Rq) * stride  # query rows/cols on the key grid
-    k = np.arange(R)
-    dy = np.abs(q[:, None, None, None] - k[None, None, :, None])  # (Rq, 1, R, 1)
-    dx = np.abs(q[None, :, None, None] - k[None, None, None, :])  # (1, Rq, 1, R)
-    return (dy * R + dx).reshape(Rq * Rq, R * R)  # (Nq, Nk)
+    # (Nq, Nk) index into the (H, Rh*Rw) bias table of the key grid (Rh, Rw): query cell (a, b) sits at
+    # (stride*a, stride*b) of the key grid; the bias depends only on the offset to key cell (c, d):
+    # idx = |stride*a - c| * Rw + |stride*b - d|. Query grid (Qh, Qw) = resolution_out (the key grid if None).
+    (Rh, Rw) = as_grid(resolution_in)
+    (Qh, Qw) = as_grid(resolution_out or resolution_in)
+    qy, qx = np.arange(Qh) * stride, np.arange(Qw) * stride  # query rows / cols on the key grid
+    ky, kx = np.arange(Rh), np.arange(Rw)  # key rows / cols
+    dy = np.abs(qy[:, None, None, None] - ky[None, None, :, None])  # (Qh, 1, Rh, 1) |Δrow|
+    dx = np.abs(qx[None, :, None, None] - kx[None, None, None, :])  # (1, Qw, 1, Rw) |Δcol|
+    return (dy * Rw + dx).reshape(Qh * Qw, Rh * Rw)  # (Nq, Nk)
 
 
 def attention(x, queries_keys_values, projection, attention_biases, *, num_attention_heads, key_dim, attention_ratio,
@@ -94,14 +104,15 @@ def attention(x, queries_keys_values, projection, attention_biases, *, num_atten
 
 def attention_subsample(x, keys_values, queries, projection, attention_biases, *, num_attention_heads, key_dim,
                         attention_ratio, attention_bias_idxs, stride, resolution, output_attentions=False):
-    # LevitAttentionSubsample (no residual): queries from every stride-th cell, keys/values from all cells.
-    # (B, R*R, C) -> (B, R'*R', C'), R' = (R - 1) // stride + 1. Returns (out, probs if output_attentions else None).
+    # LevitAttentionSubsample (no residual): queries from every stride-th cell in both directions, keys/values from
+    # all cells. (B, Rh*Rw, C) -> (B, Rh'*Rw', C'), R' = (R - 1) // stride + 1 per axis; `resolution` = (Rh, Rw).
+    # Returns (out, probs if output_attentions else None).
     B, N, C = x.shape
     H, kd, vd = num_attention_heads, key_dim, attention_ratio * key_dim
     kv = linear_bn(x, **keys_values)  # (B, N, C) -> (B, N, H*(kd+vd))
     kv = kv.reshape(B, N, H, kd + vd).transpose(0, 2, 1, 3)  # (B, H, N, kd+vd): per head [k | v]
     k, v = kv[..., :kd], kv[..., kd:]  # (B, H, N, kd), (B, H, N, vd)
-    xq = x.reshape(B, resolution, resolution, C)[:, ::stride, ::stride]  # (B, R', R', C) subsampled grid
+    xq = x.reshape(B, *as_grid(resolution), C)[:, ::stride, ::stride]  # (B, Rh', Rw', C) subsampled grid
     xq = xq.reshape(B, -1, C)  # (B, Nq, C)
     Nq = xq.shape[1]
     q = linear_bn(xq, **queries).reshape(B, Nq, H, kd).transpose(0, 2, 1, 3)  # (B, Nq, C) -> (B, H, Nq, kd)

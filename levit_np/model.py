@@ -8,7 +8,9 @@ once its kernels are compiled, numpy until then (`Levit`).
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,8 +20,10 @@ import numpy as np
 from .backend import NAMES as BACKENDS
 from .backend import Backend, get_backend
 from .checkpoint import load_checkpoint
-from .config import LevitConfig
+from .config import LevitConfig, normalize_image_size
 from .hub import resolve
+from .layers import feature_map
+from .resize import at_image_size
 
 DTYPES = {"float32": np.float32, "float64": np.float64}
 CHOICES = ("auto", *BACKENDS)  # "auto", the default: numba once its kernels are compiled, the numpy reference before
@@ -39,31 +43,40 @@ class LevitOutput:
     pooler_output: np.ndarray | None = None  # (B, C_last): mean over tokens
     hidden_states: tuple[np.ndarray, ...] | None = None  # embeddings + each stage's output (output_hidden_states)
     attentions: tuple[np.ndarray, ...] | None = None  # (B, H, Nq, Nk) per attention layer (output_attentions)
+    # (B, C_s, h_s, w_s) per stage: its blocks' output on its own grid, before downsampling (output_feature_maps)
+    feature_maps: tuple[np.ndarray, ...] | None = None
 
 
 def levit_forward(pixel_values, params, config, ops: Backend, architecture, output_hidden_states=False,
-                  output_attentions=False) -> LevitOutput:
-    """pixel_values (B, 3, S, S) -> LevitOutput. `ops` is the backend, `params` its prepared weights."""
+                  output_attentions=False, output_feature_maps=False) -> LevitOutput:
+    """pixel_values (B, 3, H, W) -> LevitOutput. `ops` is the backend, `params` its prepared weights."""
     x = ops.patch_embeddings(pixel_values, **params["patch_embeddings"], stride=config.stride,
-                             padding=config.padding)  # (B, 3, S, S) -> (B, N, C0), N = (S/16)^2
-    hidden_states, attentions = [x], []
+                             padding=config.padding)  # (B, 3, H, W) -> (B, N, C0), N = (H/16) * (W/16)
+    hidden_states, attentions, feature_maps = [x], [], []
     for stage, weights in zip(config.plan, params["stages"], strict=True):
         layers = zip(stage.layers, weights["blocks"] + weights["downsample"], strict=True)
-        for layer, p in layers:
+        for i, (layer, p) in enumerate(layers):
+            if i == len(stage.blocks):  # the stage's blocks are done, its downsampling comes next
+                feature_maps.append(x)
             if layer.kind == "attention":  # x + Attention(x): (B, N, C) -> (B, N, C)
                 out, probs = ops.attention(x, **p, **layer.hyper(), output_attentions=output_attentions)
                 x = ops.add(x, out)
                 attentions.append(probs)
             elif layer.kind == "mlp":  # x + MLP(x): (B, N, C) -> (B, N, C)
                 x = ops.add(x, ops.mlp(x, **p))
-            else:  # downsampling attention, no residual: (B, R*R, C) -> (B, R'*R', C')
+            else:  # downsampling attention, no residual: (B, Rh*Rw, C) -> (B, Rh'*Rw', C')
                 x, probs = ops.attention_subsample(x, **p, **layer.hyper(), output_attentions=output_attentions)
                 attentions.append(probs)
+        if not stage.downsample:  # the last stage: no downsampling
+            feature_maps.append(x)
         hidden_states.append(x)  # each stage's output, downsampled for the next (HF's hidden_states)
     pooled = x.mean(axis=1)  # (B, N, C) -> (B, C): global average pooling, no final norm
+    if output_feature_maps:  # (B, h*w, C) -> (B, C, h, w), each on its stage's grid
+        feature_maps = [feature_map(f, grid) for f, grid in zip(feature_maps, config.resolutions, strict=True)]
     out = LevitOutput(last_hidden_state=x, pooler_output=pooled,
                       hidden_states=tuple(hidden_states) if output_hidden_states else None,
-                      attentions=tuple(attentions) if output_attentions else None)
+                      attentions=tuple(attentions) if output_attentions else None,
+                      feature_maps=tuple(feature_maps) if output_feature_maps else None)
     heads = [name for name in ("classifier", "classifier_distill") if name in params]
     if architecture != "LevitModel":
         # (B, C) -> (B, num_labels); HF's head is an Identity when num_labels == 0
@@ -77,7 +90,7 @@ def levit_forward(pixel_values, params, config, ops: Backend, architecture, outp
 
 
 class Levit:
-    """A loaded LeViT: call it on pixel_values (B, C, S, S) to get a LevitOutput. Build with `from_pretrained`.
+    """A loaded LeViT: call it on pixel_values (B, C, H, W) to get a LevitOutput. Build with `from_pretrained`.
 
     `backend` is the one in use now, "numba" or "numpy". Built with backend="auto", a model whose numba kernels are
     not compiled yet runs the numpy reference while a background process compiles them, and moves to numba on the
@@ -148,8 +161,8 @@ class Levit:
                 f"depths={list(c.depths)}, {self.num_parameters / 1e6:.2f}M params, image_size={c.image_size}, "
                 f"backend={self.backend!r}, dtype={self.dtype.name})")
 
-    def __call__(self, pixel_values, output_hidden_states: bool = False,
-                 output_attentions: bool = False) -> LevitOutput:
+    def __call__(self, pixel_values, output_hidden_states: bool = False, output_attentions: bool = False,
+                 output_feature_maps: bool = False) -> LevitOutput:
         x = self._check_input(pixel_values)
         own_done = self._compiling is not None and self._compiling.poll() is not None
         if self._waiting and (own_done or time.monotonic() >= self._next_check):
@@ -160,9 +173,13 @@ class Levit:
 
             threads.check_not_forked()
             self._say_if_compiling()
-        with threads.FORWARD_LOCK if numba else contextlib.nullcontext():  # numba: one forward at a time
+            guard = threads.FORWARD_LOCK  # numba: one forward at a time
+        else:
+            guard = _beside_a_compile() if self._waiting else contextlib.nullcontext()
+        with guard:
             out = levit_forward(x, self._params, self.config, self._ops, self.architecture,
-                                output_hidden_states=output_hidden_states, output_attentions=output_attentions)
+                                output_hidden_states=output_hidden_states, output_attentions=output_attentions,
+                                output_feature_maps=output_feature_maps)
         if numba and self.dtype.name not in _MARKED:
             from .fast import compiled
 
@@ -196,7 +213,8 @@ class Levit:
 
     def _check_input(self, pixel_values) -> np.ndarray:
         c = self.config
-        want = f"(B, {c.num_channels}, {c.image_size}, {c.image_size})"
+        height, width = c.image_shape
+        want = f"(B, {c.num_channels}, {height}, {width})"
         if not isinstance(pixel_values, np.ndarray):
             raise ValueError(f"pixel_values must be a NumPy array of shape {want}, found "
                              f"{type(pixel_values).__name__}; use levit_np.preprocess(images) for images")
@@ -204,13 +222,13 @@ class Levit:
             raise ValueError(f"pixel_values must be a float array (normalised pixels), found dtype "
                              f"{pixel_values.dtype}; use levit_np.preprocess(images) to turn images into pixel_values")
         shape = pixel_values.shape
-        if len(shape) != 4 or shape[0] < 1 or shape[1:] != (c.num_channels, c.image_size, c.image_size):
+        if len(shape) != 4 or shape[0] < 1 or shape[1:] != (c.num_channels, height, width):
             raise ValueError(f"pixel_values must have shape {want} for this model (num_channels={c.num_channels}, "
                              f"image_size={c.image_size}), found {shape}")
         return np.ascontiguousarray(pixel_values, dtype=self.dtype)
 
 
-def from_pretrained(path: str | Path, *, backend: str = "auto", dtype: str = "float32") -> Levit:
+def from_pretrained(path: str | Path, *, backend: str = "auto", dtype: str = "float32", image_size=None) -> Levit:
     """Load a LeViT checkpoint directory written by HF `save_pretrained` (config.json + model.safetensors).
 
     `path` may also be a Hub id ("facebook/levit-128S") or a released variant ("128S"): see `levit_np.hub.resolve`
@@ -223,7 +241,11 @@ def from_pretrained(path: str | Path, *, backend: str = "auto", dtype: str = "fl
         (the default): numba when its kernels are compiled for this CPU, else numpy while they compile in a
         background process, then numba (see `Levit`). `model.backend` says which one runs.
     dtype: "float32" or "float64"; the whole forward pass runs in this precision.
-    Raises FileNotFoundError/OSError for missing or unreadable files, ValueError for a bad or mismatched checkpoint.
+    image_size: None (the checkpoint's config.image_size), or the input size to run at: an integer S for S x S, or a
+        (height, width) pair, each a multiple of 16 up to 1024. Every attention layer's bias table is resized to
+        the new token grid (`levit_np.resize`); at the checkpoint's own size nothing changes.
+    Raises FileNotFoundError/OSError for missing or unreadable files, ValueError for a bad or mismatched checkpoint
+    or a bad image_size.
     """
     if backend not in CHOICES:
         raise ValueError(f"unknown backend {backend!r}; choose one of {list(CHOICES)}")
@@ -231,8 +253,28 @@ def from_pretrained(path: str | Path, *, backend: str = "auto", dtype: str = "fl
         dtype = DTYPES[np.dtype(dtype).name]
     except (TypeError, KeyError):
         raise ValueError(f"unsupported dtype {dtype!r}; choose 'float32' or 'float64'") from None
+    if image_size is not None:
+        image_size = normalize_image_size(image_size)  # a bad type or bound fails before anything is read
     config, architecture, params = load_checkpoint(resolve(path), dtype)
+    if image_size is not None:
+        config, params = at_image_size(config, params, image_size)
     return Levit(config, architecture, params, backend=backend, dtype=dtype, name=str(path))
+
+
+@functools.cache
+def _blas_controller():
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
+
+
+def _beside_a_compile():
+    """NumPy's BLAS on one core fewer while the numba kernels compile in the background on this machine: its threads
+    wait for each other at every product, so one that shares a core with the compiler stalls them all (on 2 cores,
+    several times slower than one thread)."""
+    controller = _blas_controller()
+    current = max((lib["num_threads"] for lib in controller.info() if lib["user_api"] == "blas"), default=1)
+    return controller.limit(limits=max(1, min(current, (os.cpu_count() or 1) - 1)), user_api="blas")
 
 
 def _count_parameters(tree) -> int:

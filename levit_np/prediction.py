@@ -19,6 +19,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from .config import normalize_image_size
 from .hub import DEFAULT_MODEL
 from .model import Levit, from_pretrained
 from .preprocessing import as_image_list, check_image, describe, is_single_image, preprocess_image
@@ -28,13 +29,15 @@ CACHED_MODELS = 2  # loaded models kept, least recently used dropped first
 
 
 def predict(images, model: str | os.PathLike | Levit = DEFAULT_MODEL, top_k: int = 5, backend: str | None = None,
-            batch_size: int = DEFAULT_BATCH_SIZE):
+            batch_size: int = DEFAULT_BATCH_SIZE, image_size=None):
     """Top-k (label, probability) pairs, most probable first, for one image; a list of such lists for a list.
 
     images: a path, a PIL image, a uint8 / uint16 (H, W[, C]) array, an encoded image file (bytes, bytearray,
         memoryview, a binary file object), or a list of them (or a (B, H, W, C) array).
     model: a Hub id ("facebook/levit-128S"), a variant ("128S"), a local checkpoint directory, or a loaded `Levit`.
     backend: None or "auto" for `from_pretrained`'s default, else "numba" or "numpy".
+    image_size: None for the checkpoint's own input size, else the size to run it at (S, or (height, width), multiples
+        of 16; see `from_pretrained`): each image is resized to cover it and center cropped to it.
     Raises OSError / ValueError naming the image for a missing file, a non-image file, an empty image, a wrong
     array or logits that are not finite; `levit_np.hub.WeightsNotFoundError` (with instructions) when the weights
     cannot be found or fetched.
@@ -46,7 +49,7 @@ def predict(images, model: str | os.PathLike | Levit = DEFAULT_MODEL, top_k: int
         check_image(im, name=name)
     _check_positive_int(top_k, "top_k")
     _check_positive_int(batch_size, "batch_size")
-    m = load_model(model, backend)
+    m = load_model(model, backend, image_size)
     results = [preds for _, preds in iter_predictions(items, m, top_k=top_k, batch_size=batch_size, names=names)]
     return results[0] if single else results
 
@@ -103,15 +106,23 @@ def top_labels(logits: np.ndarray, id2label: dict[int, str], top_k: int) -> list
     return [(id2label[int(i)], float(p[i])) for i in order]
 
 
-def load_model(model: str | os.PathLike | Levit = DEFAULT_MODEL, backend: str | None = None) -> Levit:
-    """A loaded classification model: `model` itself if it is a Levit, else from_pretrained(model), cached."""
+def load_model(model: str | os.PathLike | Levit = DEFAULT_MODEL, backend: str | None = None,
+               image_size=None) -> Levit:
+    """A loaded classification model: `model` itself if it is a Levit, else from_pretrained(model), cached.
+    `image_size`: None, or the input size to load the checkpoint at (a loaded model must already have it)."""
+    if image_size is not None:
+        image_size = normalize_image_size(image_size)  # a bad value fails before any model is loaded
     if isinstance(model, Levit):
         if backend not in (None, "auto") and backend != model.backend:
             raise ValueError(f"backend={backend!r} was given with a model already loaded with backend "
                              f"{model.backend!r}; load it with from_pretrained(..., backend={backend!r})")
+        if image_size is not None and image_size != model.config.image_size:
+            raise ValueError(f"image_size={image_size!r} was given with a model already loaded for image_size "
+                             f"{model.config.image_size!r}; load it with from_pretrained(..., "
+                             f"image_size={image_size!r})")
         m = model
     elif isinstance(model, (str, os.PathLike)):
-        m = _load_cached(os.fspath(model), backend)
+        m = _load_cached(os.fspath(model), backend, image_size)
     else:
         raise ValueError(f"model must be a Hub id, a checkpoint directory or a loaded levit_np.Levit, "
                          f"found {type(model).__name__}")
@@ -121,15 +132,17 @@ def load_model(model: str | os.PathLike | Levit = DEFAULT_MODEL, backend: str | 
     return m
 
 
-_models: OrderedDict[tuple[str, str | None], Levit] = OrderedDict()  # (name, backend) -> model, most recent last
+# (name, backend, image_size) -> model, most recent last
+_models: OrderedDict[tuple[str, str | None, int | tuple[int, int] | None], Levit] = OrderedDict()
 _models_lock = threading.Lock()  # held while loading: threads asking at once wait for the one load
 
 
-def _load_cached(name: str, backend: str | None) -> Levit:
-    key = (name, backend)
+def _load_cached(name: str, backend: str | None, image_size=None) -> Levit:
+    key = (name, backend, image_size)
     with _models_lock:
         if key not in _models:
-            _models[key] = from_pretrained(name) if backend is None else from_pretrained(name, backend=backend)
+            kw = {k: v for k, v in (("backend", backend), ("image_size", image_size)) if v is not None}
+            _models[key] = from_pretrained(name, **kw)
             while len(_models) > CACHED_MODELS:
                 _models.popitem(last=False)
         _models.move_to_end(key)

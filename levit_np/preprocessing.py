@@ -1,6 +1,7 @@
 """Images -> pixel_values, bit for bit as HF's `LevitImageProcessor` (its PIL backend) computes them.
 
     pixel_values = preprocess(["cat.jpg", pil_image, uint8_hwc_array])   # (3, 224, 224) each -> (B, 3, 224, 224)
+    pixel_values = preprocess("wide.jpg", image_size=(448, 800))         # (1, 3, 448, 800): height, width
 
 For an image_size S (224 for every released checkpoint) each image goes through, exactly as HF does:
 1. resize with Pillow BICUBIC on uint8 so the short side is int(256 / 224 * S) (256 for S = 224) and the long side
@@ -8,6 +9,10 @@ For an image_size S (224 for every released checkpoint) each image goes through,
 2. center crop S x S at top = (H - S) // 2, left = (W - S) // 2;
 3. rescale: uint8 -> float64 * (1 / 255) -> float32;
 4. normalize in float32: (x - mean) / std with the ImageNet mean and std; channels first.
+For an image_size (h, w), the same with the same 256/224 margin on both sides: the image is resized, keeping its
+aspect ratio, to the smallest size that covers int(256 / 224 * h) x int(256 / 224 * w) (the side that binds gets
+exactly that, the other int(side * other_in / side_in), truncated), then center cropped h x w. For a square this is
+HF's rule above, bit for bit.
 
 Unlike HF, which fails on anything but 3-channel images, every image is first made RGB: grayscale, palette, CMYK and
 the like through Pillow's `convert("RGB")`; images with transparency (RGBA, LA, palette + transparency) are
@@ -46,28 +51,31 @@ DEFAULT_IMAGE_SIZE = 224
 BYTES = (bytes, bytearray, memoryview)  # an encoded image file in memory
 
 
-def preprocess(images, image_size: int = DEFAULT_IMAGE_SIZE) -> np.ndarray:
-    """Turn one image or a list of images into LeViT's input, (B, 3, image_size, image_size) float32.
+def preprocess(images, image_size: int | tuple[int, int] = DEFAULT_IMAGE_SIZE) -> np.ndarray:
+    """Turn one image or a list of images into LeViT's input, (B, 3, h, w) float32.
 
     An image is a path (str or Path), a PIL image, a uint8 or uint16 array (H, W), (H, W, 1), (H, W, 3) or (H, W, 4),
     or an encoded image file (bytes, bytearray, memoryview, a binary file object); a 4-D array (B, H, W, C) is a
-    batch. `image_size` is the model's `config.image_size`.
-    Raises OSError (missing or unreadable file) or ValueError (bad array, empty image), naming the image.
+    batch. `image_size` is the model's `config.image_size`: S for S x S, or a (height, width) pair.
+    Raises OSError (missing or unreadable file) or ValueError (bad array, empty image, bad image_size), naming the
+    image.
     """
     items = as_image_list(images)
     if not items:
         raise ValueError("preprocess: no images given (an empty list)")
     _check_image_size(image_size)
     return np.stack([preprocess_image(im, image_size, name=describe(im, i if len(items) > 1 else None))
-                     for i, im in enumerate(items)])  # (B, 3, S, S)
+                     for i, im in enumerate(items)])  # (B, 3, h, w)
 
 
-def preprocess_image(image, image_size: int = DEFAULT_IMAGE_SIZE, *, name: str | None = None) -> np.ndarray:
-    """One image -> (3, image_size, image_size) float32. `name` is how errors refer to it."""
+def preprocess_image(image, image_size: int | tuple[int, int] = DEFAULT_IMAGE_SIZE, *,
+                     name: str | None = None) -> np.ndarray:
+    """One image -> (3, h, w) float32, (h, w) = image_size (S x S for an integer S). `name` is how errors refer to
+    it."""
     name = name or describe(image)
+    crop_h, crop_w = _check_image_size(image_size)
     rgb = load_rgb(image, name=name)
-    short = resize_short_side(image_size)
-    height, width = resize_shape(rgb.height, rgb.width, short)
+    height, width = resize_to_cover(rgb.height, rgb.width, resize_box(image_size))
     limit = Image.MAX_IMAGE_PIXELS  # Pillow's decompression-bomb limit; None when the user turned it off
     if limit and height * width > limit:
         raise ValueError(f"{name}: a {rgb.width}x{rgb.height} image would be resized to {width}x{height} "
@@ -75,19 +83,36 @@ def preprocess_image(image, image_size: int = DEFAULT_IMAGE_SIZE, *, name: str |
                          f"aspect ratio first")
     with pillow_errors(name, "cannot resize the image"):
         resized = np.asarray(rgb.resize((width, height), Image.Resampling.BICUBIC))  # (H', W', 3) uint8
-    top, left = (height - image_size) // 2, (width - image_size) // 2  # never negative: short >= image_size
-    crop = resized[top:top + image_size, left:left + image_size]  # (S, S, 3) uint8
+    top, left = (height - crop_h) // 2, (width - crop_w) // 2  # never negative: the resized image covers the box
+    crop = resized[top:top + crop_h, left:left + crop_w]  # (h, w, 3) uint8
     x = (crop.astype(np.float64) * RESCALE_FACTOR).astype(np.float32)  # HF rescales in float64, then casts
     mean = np.array(IMAGENET_MEAN, dtype=np.float32)
     std = np.array(IMAGENET_STD, dtype=np.float32)
     x = (x - mean) / std  # float32 throughout, per channel
-    return np.ascontiguousarray(x.transpose(2, 0, 1))  # (S, S, 3) -> (3, S, S)
+    return np.ascontiguousarray(x.transpose(2, 0, 1))  # (h, w, 3) -> (3, h, w)
 
 
 def resize_short_side(image_size: int) -> int:
     """The short side an image is resized to before the center crop: 256 for image_size 224 (HF LevitImageProcessor:
     shortest_edge * 256/224, truncated)."""
     return int((256 / 224) * image_size)
+
+
+def resize_box(image_size: int | tuple[int, int]) -> tuple[int, int]:
+    """(height, width) an image is resized to cover before the center crop: the crop with HF's 256/224 margin on each
+    side, (256, 256) for 224, (512, 914) for (448, 800)."""
+    height, width = (image_size, image_size) if isinstance(image_size, (int, np.integer)) else image_size
+    return resize_short_side(height), resize_short_side(width)
+
+
+def resize_to_cover(height: int, width: int, box: tuple[int, int]) -> tuple[int, int]:
+    """(height, width) of the image scaled, keeping its aspect ratio, to the smallest size that covers `box`
+    (box_h, box_w): the side that binds becomes the box's, the other is scaled and truncated. For a square box of
+    side `short` this is `resize_shape(height, width, short)`, HF's rule, bit for bit: 640x480 -> (256, 341)."""
+    box_h, box_w = box
+    if box_w * height >= box_h * width:  # the width binds (box_w / width >= box_h / height)
+        return int(box_w * height / width), box_w
+    return box_h, int(box_h * width / height)
 
 
 def resize_shape(height: int, width: int, short: int) -> tuple[int, int]:
@@ -282,6 +307,14 @@ def _from_array(a: np.ndarray, name: str) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(a))  # mode L, RGB or RGBA from the shape
 
 
-def _check_image_size(image_size) -> None:
-    if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)) or image_size < 1:
-        raise ValueError(f"image_size must be a positive integer, found {image_size!r}")
+def _check_image_size(image_size) -> tuple[int, int]:
+    """A positive integer S or a (height, width) pair of them -> (height, width); ValueError otherwise."""
+    def positive(v) -> bool:
+        return not isinstance(v, bool) and isinstance(v, (int, np.integer)) and v >= 1
+
+    if isinstance(image_size, (tuple, list)) and len(image_size) == 2 and all(map(positive, image_size)):
+        return int(image_size[0]), int(image_size[1])
+    if positive(image_size):
+        return int(image_size), int(image_size)
+    raise ValueError(f"image_size must be a positive integer or a (height, width) pair of them, found "
+                     f"{image_size!r}")

@@ -67,6 +67,7 @@ redefined here: every LeViT function comes from `levit_np` (`levit_np/layers.py`
 | 8 | pooling and the two classifier heads | `LevitClassificationLayer` |
 | 9 | attention maps on the photo (`output_attentions=True`) | softmax recomputed from HF's own submodules |
 | 10 | `predict`, the Numba backend, timings | HF logits |
+| 11 | any input size: bias tables resized, a 448×800 input | `torch.nn.functional.interpolate` |
 
 Stages are numbered 0, 1, 2 as in the code and the checkpoint keys (the paper says 1, 2, 3). Shapes: B batch,
 N tokens, C channels, H heads, $d_k$ key dim, R grid side ($N = R^2$).
@@ -208,7 +209,7 @@ def macs(c):
         side //= 2
         total += side * side * ch[i + 1] * ch[i] * 9
     for L in (L for stage in layer_plan(c) for L in stage.layers):
-        N, Nq, C, H, kd = L.resolution ** 2, L.resolution_out ** 2, L.dim, L.num_attention_heads, L.key_dim
+        N, Nq, C, H, kd = L.num_tokens, np.prod(L.resolution_out), L.dim, L.num_attention_heads, L.key_dim
         vd = L.attention_ratio * kd
         if L.kind == "mlp":
             total += 2 * N * C * L.hidden_dim
@@ -225,7 +226,7 @@ for name, kw in VARIANTS.items():
     n = sum(np.prod(s) for k, s in expected_shapes(c, "LevitForImageClassificationWithTeacher").items()
             if not k.endswith(("running_mean", "running_var")))
     rows.append(f"| LeViT-{name} | {c.hidden_sizes} | {c.num_attention_heads} | {c.depths} | {c.key_dim[0]} | "
-                f"{' → '.join(f'{r}²' for r in c.resolutions)} | {n / 1e6:.2f} M | {macs(c) / 1e6:.0f} | "
+                f"{' → '.join(f'{r}²' for r, _ in c.resolutions)} | {n / 1e6:.2f} M | {macs(c) / 1e6:.0f} | "
                 f"{TOP1[name]} % |")
 display(Markdown("\n".join(rows)))
 """)
@@ -627,7 +628,8 @@ rows = ["| key | kind | channels | grid | heads x (d_k, d_v) |", "|---|---|---|-
 for L, key in hf_layer_keys(config):
     hk = (f"{L.num_attention_heads} x ({L.key_dim}, {L.attention_ratio * L.key_dim})" if L.kind != "mlp"
           else f"hidden {L.hidden_dim}")
-    rows.append(f"| `{key}` | {L.kind} | {L.dim} → {L.out_dim} | {L.resolution}² → {L.resolution_out}² | {hk} |")
+    rows.append(f"| `{key}` | {L.kind} | {L.dim} → {L.out_dim} | {L.resolution[0]}² → {L.resolution_out[0]}² | "
+                f"{hk} |")
 display(Markdown("\n".join(rows)))
 """)
 
@@ -755,7 +757,7 @@ eye = (80, 70)  # pixel (row, col) of the left eye in the 224 crop
 last = {stage_of[i]: i for i, L in enumerate(blocks) if L.kind == "attention"}  # last residual attention of each stage
 fig, axs = plt.subplots(3, 8, figsize=(12, 5))
 for row, (stage, i) in enumerate(last.items()):
-    R, a = blocks[i].resolution, att[i][0]
+    (R, _), a = blocks[i].resolution, att[i][0]
     pitch = config.patch_size * 2 ** stage  # pixels between cell centres: 16, 32, 64
     cell = (eye[0] // pitch) * R + eye[1] // pitch
     for hd in range(8):
@@ -782,7 +784,8 @@ $\sum_k P_{qk}\,\lVert \text{pos}_q - \text{pos}_k \rVert$ averaged over the que
 code(r"""
 plt.figure(figsize=(7, 3))
 for i, (a, L) in enumerate(zip(att, blocks, strict=True)):
-    R, Rq, cell = L.resolution, L.resolution_out, config.patch_size * 2 ** stage_of[i]  # cell pitch in pixels
+    (R, _), (Rq, _) = L.resolution, L.resolution_out  # square grids at 224 px
+    cell = config.patch_size * 2 ** stage_of[i]  # cell pitch in pixels
     kpos = np.stack(np.divmod(np.arange(R * R), R), 1) * cell  # key cell centres (row, col), pixels
     qpos = np.stack(np.divmod(np.arange(Rq * Rq), Rq), 1) * cell * L.stride  # query cells on the key grid
     dist_px = np.linalg.norm(qpos[:, None] - kpos[None], axis=-1)  # (Nq, Nk)
@@ -904,6 +907,81 @@ for name, run in runners.items():
 display(Markdown("\n".join(rows)))
 print(f"{os.cpu_count()} CPUs; torch threads {torch.get_num_threads()}; "
       f"numba threads {levit_np.fast.get_num_threads()}")
+""")
+
+# =====================================================================================================================
+md(r"""
+## 11. Any input size: the bias tables resized
+
+Everything in LeViT but the attention biases is independent of the input size: convolutions and linears apply to
+any number of pixels and tokens. Each bias table, though, is a function of the offset $(|\Delta\text{row}|,
+|\Delta\text{col}|)$ on the one $R \times R$ grid it was trained on (§5). To run the 224 px checkpoint on a 448×800
+image (a detection-sized input; token grids 28×50 → 14×25 → 7×13), `from_pretrained(ckpt, image_size=(448, 800))`
+resizes each head's table to the new grid $(R_h, R_w)$ by bicubic interpolation over that offset grid, exactly as
+`torch.nn.functional.interpolate(table.reshape(1, H, R, R), size=(R_h, R_w), mode="bicubic",
+align_corners=False)` does (`levit_np/resize.py`), and indexes it with $|\Delta\text{row}| \cdot R_w +
+|\Delta\text{col}|$. The table is *stretched*: the bias at offset $(\Delta r, \Delta c)$ of the new grid is the old
+table's at about $(\Delta r \cdot 14/28,\ \Delta c \cdot 14/50)$, as if the image were the same scene seen at a
+finer pitch. Whether the checkpoint's accuracy survives that depends on the checkpoint; fine-tuning at the new size
+is the usual cure.
+""")
+
+code(r"""
+from levit_np import resize
+
+wide = levit_np.from_pretrained(ckpt, backend="numba", image_size=(448, 800))  # height, width
+print(wide)
+print("token grids per stage:", wide.config.resolutions)
+table_wide = resize.resize_bias_table(table, (14, 14), (28, 50))  # stage 0 block 0: (4, 196) -> (4, 1400)
+
+fig, axs = plt.subplots(1, 2, figsize=(11, 2.9), gridspec_kw={"width_ratios": [14, 50]})
+axs[0].imshow(table[0].reshape(14, 14), cmap="RdBu_r", vmin=-lim, vmax=lim)
+grid_ax(axs[0], "head 0 at 224 px: 14x14 offsets")
+axs[1].imshow(table_wide[0].reshape(28, 50), cmap="RdBu_r", vmin=-lim, vmax=lim)
+grid_ax(axs[1], "the same table resized for 448x800: 28x50 offsets (|Δrow| down, |Δcol| across)")
+plt.tight_layout()
+plt.show()
+""")
+
+md(r"""
+**Check.** Our NumPy bicubic against torch's own `interpolate` on that table (the same arithmetic, so they differ
+by float32 rounding only), and what the resized model computes: the cat, preprocessed to 448×800 (resized to cover
+512×914, HF's 256/224 margin on both sides, then centre-cropped), its per-stage feature maps (B, C, h, w) — the
+form detection and segmentation heads consume — and where two heads of stage 0's last attention block look from
+the eye ★, now over a 28×50 grid.
+""")
+
+code(r"""
+from levit_np.preprocessing import resize_box, resize_to_cover
+
+ref_wide = torch.nn.functional.interpolate(torch.from_numpy(table).reshape(1, 4, 14, 14), size=(28, 50),
+                                           mode="bicubic", align_corners=False).reshape(4, 1400)
+check("bias table resized to 28x50 vs torch", table_wide, ref_wide)
+
+pixels_wide = levit_np.preprocess(cat, image_size=(448, 800))  # (1, 3, 448, 800)
+out_wide = wide(pixels_wide, output_attentions=True, output_feature_maps=True)
+print("feature_maps:", [f.shape for f in out_wide.feature_maps])
+
+# the eye, from the 224 crop (§9) back to the photo, then into the 448x800 crop
+rh, rw = resize_to_cover(*cat.shape[:2], resize_box((448, 800)))  # the resized photo, (607, 914)
+top_w, left_w = (rh - 448) // 2, (rw - 800) // 2
+eye_photo = ((eye[0] + top) * sy, (eye[1] + left) * sx)  # pixel in the 300x451 photo
+eye_wide = (eye_photo[0] * rh / cat.shape[0] - top_w, eye_photo[1] * rw / cat.shape[1] - left_w)
+shown_wide = (pixels_wide[0].transpose(1, 2, 0) * IMAGENET_STD + IMAGENET_MEAN).clip(0, 1)
+last0 = max(j for j, L in enumerate(blocks) if L.kind == "attention" and stage_of[j] == 0)  # stage 0, last block
+(Rh, Rw), a = wide.config.resolutions[0], out_wide.attentions[last0][0]  # (4, 1400, 1400)
+cell = (int(eye_wide[0]) // 16) * Rw + int(eye_wide[1]) // 16
+
+fig, axs = plt.subplots(1, 2, figsize=(11, 3.5))
+for hd, ax in enumerate(axs):  # two of the four heads
+    ax.imshow(shown_wide)
+    ax.imshow(a[hd, cell].reshape(Rh, Rw), cmap="inferno", alpha=0.6, extent=(0, 800, 448, 0),
+              interpolation="bilinear")
+    ax.plot(eye_wide[1], eye_wide[0], "c*", ms=8)
+    grid_ax(ax, f"448x800, stage 0 ({Rh}x{Rw}), head {hd}")
+fig.suptitle("attention of the query ★ at the new size" + ("" if REAL else " (random weights)"))
+plt.tight_layout()
+plt.show()
 """)
 
 # =====================================================================================================================

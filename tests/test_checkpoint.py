@@ -85,7 +85,7 @@ def test_config_holds_what_the_forward_pass_uses(checkpoint):
     # down_ops as HF's LevitConfig writes it: [Subsample, key_dim[0], hidden_sizes[s] // key_dim[0], 4, 2, 2]
     assert [[d.key_dim, d.num_attention_heads, d.attention_ratio, d.mlp_ratio, d.stride] for d in c.down_ops] == \
         [op[1:] for op in h.down_ops if op[0] == "Subsample"]
-    assert c.resolutions == (4, 2, 1)
+    assert c.resolutions == ((4, 4), (2, 2), (1, 1))  # (rows, columns) per stage
 
 
 def test_down_ops_from_config_json_are_honoured(tmp_path):

@@ -16,6 +16,7 @@ import textwrap
 from pathlib import Path
 
 import numba
+import numpy as np
 import pytest
 
 pytestmark = pytest.mark.skipif(numba.config.DISABLE_JIT, reason="nothing compiles under NUMBA_DISABLE_JIT")
@@ -156,3 +157,29 @@ def test_an_edit_to_any_fast_path_source_is_a_fresh_compile(tmp_path):
     same, edited = names(tmp_path / "same"), names(tmp_path / "edited")
     assert same == names(tmp_path / "same")  # stable across processes
     assert all(a != b for a, b in zip(same, edited, strict=True)), (same, edited)
+
+
+def test_numpy_path_leaves_a_core_to_the_background_compile(small, monkeypatch):
+    """While backend="auto" waits for a compile on this machine, the numpy reference runs NumPy's BLAS on one core
+    fewer (threads that wait for each other at every product, one of them sharing a core with the compiler, made a
+    folder of photos several times slower), and gets its threads back afterwards."""
+    import threadpoolctl
+
+    import levit_np
+    from levit_np import model as model_module
+
+    def blas_threads():
+        return max(lib["num_threads"] for lib in threadpoolctl.threadpool_info() if lib["user_api"] == "blas")
+
+    seen = []
+    forward = model_module.levit_forward
+    monkeypatch.setattr(model_module, "levit_forward",
+                        lambda *a, **kw: seen.append(blas_threads()) or forward(*a, **kw))
+    model = levit_np.from_pretrained(small, backend="numpy")
+    x = np.zeros((1, 3, 64, 64), np.float32)
+    with threadpoolctl.threadpool_limits(2, user_api="blas"):
+        model(x)
+        model._waiting, model._next_check = True, float("inf")  # as backend="auto" is while a compile runs
+        model(x)
+        assert blas_threads() == 2
+    assert seen == [2, max(1, min(2, os.cpu_count() - 1))]

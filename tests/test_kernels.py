@@ -200,6 +200,41 @@ def test_attention_subsample(dtype, R, output_attentions):
         assert ours_probs is None
 
 
+# non-square grids (any input size): rows != columns, strided queries along each axis, 1-wide grids
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind,grid", [("attention", (3, 5)), ("attention", (6, 2)), ("attention", (1, 4)),
+                                       ("attention_subsample", (10, 18)), ("attention_subsample", (5, 2)),
+                                       ("attention_subsample", (1, 7))])
+def test_attention_on_non_square_grids(dtype, kind, grid):
+    r = Rand(dtype)
+    C, C2, H, kd, ar = 8, 12, 2, 4, 2
+    N = grid[0] * grid[1]
+    p = r.attention(C, H, kd, ar, 1) if kind == "attention" else r.attention_subsample(C, C2, H, kd, ar, 1)
+    p["attention_biases"] = r(H, N)  # one entry per offset on the grid
+    layer = Layer(kind, C, C if kind == "attention" else C2, grid, num_attention_heads=H, key_dim=kd,
+                  attention_ratio=ar, stride=1 if kind == "attention" else 2)
+    hyper = dict(layer.hyper(), output_attentions=True)
+    x = r(2, N, C)
+    ours, ours_probs = getattr(kernels, kind)(x, **weights.prepare_layer(layer, p), **hyper)
+    ref, ref_probs = getattr(layers, kind)(x, **p, **hyper)
+    assert ref_probs.shape == (2, H, layer.resolution_out[0] * layer.resolution_out[1], N)
+    assert_close(ours, ref, dtype)
+    assert_close(ours_probs, ref_probs, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("C0,height,width", [(16, 32, 48), (128, 40, 24)])  # C0 = 128: the packed convs
+def test_patch_embeddings_on_non_square_images(dtype, C0, height, width):
+    r = Rand(dtype)
+    chans = [3, C0 // 8, C0 // 4, C0 // 2, C0]
+    p = {f"embedding_layer_{i + 1}": r.conv_bn(chans[i], chans[i + 1]) for i in range(4)}
+    x = r(2, 3, height, width)
+    ours = kernels.patch_embeddings(x, **weights.fold_patch_embeddings(**p))
+    rows, cols = -(-height // 16), -(-width // 16)  # four 3x3 / stride-2 / pad-1 convs: ceil(n / 16)
+    assert ours.shape == (2, rows * cols, C0)  # 40 x 24 -> 3 x 2 tokens
+    assert_close(ours, layers.patch_embeddings(x, **p), dtype)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_softmax_is_stable_for_huge_logits(dtype):
     r = Rand(dtype)

@@ -75,7 +75,7 @@ def test_random_configs_match_hf(backend, config, cls_name, batch, num_labels, s
     hf = build_hf(cls_name, seed=seed, num_labels=num_labels, **config)
     with tempfile.TemporaryDirectory() as tmp:
         model = levit_np.from_pretrained(save_hf(hf, tmp), backend=backend)
-    assert model.config.resolutions[0] == config["image_size"] // 16
+    assert model.config.resolutions[0] == (config["image_size"] // 16,) * 2
     x = random_pixels(batch, config["image_size"], seed=seed)
     compare_outputs(model(x, output_hidden_states=True), hf_forward(hf, x), cls_name)
 

@@ -19,6 +19,7 @@ import numba
 import numpy as np
 from numba import prange
 
+from ..config import as_grid
 from .blas import gemm, one_blas_thread
 from .jit import helper, kernel
 from .llvm_ir import MICRO_ROWS, fast_max, micro_gemm, pow2
@@ -315,26 +316,27 @@ def conv_bn(x, weight, kernel_size, *, stride, padding, activate, channels_first
 @one_blas_thread
 def patch_embeddings(pixel_values, embedding_layer_1, embedding_layer_2, embedding_layer_3, embedding_layer_4, *,
                      stride=2, padding=1):
-    """Twin of layers.patch_embeddings: (B, 3, S, S) -> (B, (S/16)^2, C0); 4 x (folded conv 3x3/2), Hardswish x3.
+    """Twin of layers.patch_embeddings: (B, 3, H, W) -> (B, (H/16) * (W/16), C0); 4 x (folded conv 3x3/2),
+    Hardswish x3.
 
-    Channels-last after the first conv, so the last conv's (B, R, R, C0) output already is the token sequence.
+    Channels-last after the first conv, so the last conv's (B, Rh, Rw, C0) output already is the token sequence.
     STEM_CHUNK images at a time, so that the large early activations stay in cache (and, being small, are
     recycled by malloc rather than page-faulted in afresh on every call).
     """
     B = pixel_values.shape[0]
     conv = dict(stride=stride, padding=padding)
-    tokens = None  # (B, R, R, C0), allocated once the grid side R is known
+    tokens = None  # (B, Rh, Rw, C0), allocated once the grid is known
     for b0 in range(0, B, STEM_CHUNK):
-        x = pixel_values[b0:b0 + STEM_CHUNK]  # (b, 3, S, S), channels-first
-        x = conv_bn(x, **embedding_layer_1, **conv, activate=True, channels_first=True)  # (b, S/2, S/2, C0/8)
-        x = conv_bn(x, **embedding_layer_2, **conv, activate=True)  # -> (b, S/4, S/4, C0/4)
-        x = conv_bn(x, **embedding_layer_3, **conv, activate=True)  # -> (b, S/8, S/8, C0/2)
+        x = pixel_values[b0:b0 + STEM_CHUNK]  # (b, 3, H, W), channels-first
+        x = conv_bn(x, **embedding_layer_1, **conv, activate=True, channels_first=True)  # (b, H/2, W/2, C0/8)
+        x = conv_bn(x, **embedding_layer_2, **conv, activate=True)  # -> (b, H/4, W/4, C0/4)
+        x = conv_bn(x, **embedding_layer_3, **conv, activate=True)  # -> (b, H/8, W/8, C0/2)
         if tokens is None:
-            _, R, R2, C = _conv_output_shape(x, **embedding_layer_4, **conv, channels_first=False)
-            tokens = np.empty((B, R, R2, C), x.dtype)
+            _, Rh, Rw, C = _conv_output_shape(x, **embedding_layer_4, **conv, channels_first=False)
+            tokens = np.empty((B, Rh, Rw, C), x.dtype)
         conv_bn(x, **embedding_layer_4, **conv, activate=False, out=tokens[b0:b0 + x.shape[0]])  # -> tokens
-    _, R, R2, C = tokens.shape
-    return tokens.reshape(B, R * R2, C)  # token t = row*R + col
+    _, Rh, Rw, C = tokens.shape
+    return tokens.reshape(B, Rh * Rw, C)  # token t = row*Rw + col
 
 
 # --- attention: per (image, head) tile: q kᵀ (BLAS), softmax, · v (BLAS), Hardswish ------------------------------
@@ -416,12 +418,13 @@ def attention(x, queries_keys_values, projection, attention_biases, *, num_atten
 @one_blas_thread
 def attention_subsample(x, keys_values, queries, projection, attention_biases, *, num_attention_heads, key_dim,
                         attention_ratio, stride, resolution, attention_bias_idxs=None, output_attentions=False):
-    """Twin of layers.attention_subsample: (B, R*R, C) -> ((B, R'*R', C'), probs (B, H, R'*R', R*R) or None).
-    `attention_biases` is the dense (H, R'*R', R*R) bias, gathered by `attention_bias_idxs` at load."""
+    """Twin of layers.attention_subsample: (B, Rh*Rw, C) -> ((B, Nq, C'), probs (B, H, Nq, Rh*Rw) or None), the
+    queries on the (Rh', Rw') = ((Rh-1)//stride + 1, (Rw-1)//stride + 1) grid, Nq = Rh'*Rw'; `resolution` = (Rh, Rw).
+    `attention_biases` is the dense (H, Nq, Rh*Rw) bias, gathered by `attention_bias_idxs` at load."""
     B, _, C = x.shape
     kd, vd = key_dim, attention_ratio * key_dim
     kv = linear_bn(x, **keys_values)  # (B, N, C) -> (B, N, H*(kd+vd)), per head [k | v]
-    xq = x.reshape(B, resolution, resolution, C)[:, ::stride, ::stride]  # (B, R', R', C) strided query grid
+    xq = x.reshape(B, *as_grid(resolution), C)[:, ::stride, ::stride]  # (B, Rh', Rw', C) strided query grid
     q = linear_bn(np.ascontiguousarray(xq).reshape(B, -1, C), **queries)  # (B, Nq, C) -> (B, Nq, H*kd)
     return _attend_heads(q, kd, kv, kd + vd, 0, kd, attention_biases, projection, key_dim=kd, value_dim=vd,
                          output_attentions=output_attentions)

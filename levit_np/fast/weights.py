@@ -3,7 +3,7 @@
 - every Linear/Conv + BatchNorm pair becomes one weight and bias (`fold_batchnorm`), laid out for `x @ weight`;
 - float32 weights are packed into PANEL-column panels (`pack_panels`), the order the GEMM micro-kernel streams them,
   as wide as its register tile on the CPU Numba compiles for (`target.TILE`);
-- each attention layer's (H, R*R) bias table is gathered once into the dense (H, Nq, Nk) bias it adds.
+- each attention layer's (H, Rh*Rw) bias table is gathered once into the dense (H, Nq, Nk) bias it adds.
 """
 
 from __future__ import annotations
@@ -102,7 +102,7 @@ def fold_patch_embeddings(embedding_layer_1, embedding_layer_2, embedding_layer_
 def prepare_layer(layer, weights):
     """One encoder layer's checkpoint weights -> the fast kernels' form; `layer` is its `config.Layer`."""
     prepared = {name: fold_linear(**w) for name, w in weights.items() if name != "attention_biases"}
-    if layer.kind != "mlp":  # (H, R*R) table -> the dense (H, Nq, Nk) bias, by the plan's index table
+    if layer.kind != "mlp":  # (H, Rh*Rw) table -> the dense (H, Nq, Nk) bias, by the plan's index table
         prepared["attention_biases"] = np.ascontiguousarray(weights["attention_biases"][:, layer.attention_bias_idxs])
     return prepared
 
