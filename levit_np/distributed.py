@@ -282,8 +282,11 @@ def _connect(scheduler, workers: int | None, job: dict):
     n = check_workers(workers if workers is not None else available_cpus())
     if job["threads"] is None:
         job["threads"] = threads_per_worker(n)
-    # spawned worker processes (Dask's default, made explicit): never a fork of a process that ran Numba's pool
-    with dask.config.set({"distributed.worker.multiprocessing-method": "spawn"}):
+    # spawned worker processes (Dask's default, made explicit): never a fork of a process that ran Numba's pool.
+    # No MALLOC_TRIM_THRESHOLD_ from the nanny: setting it turns off glibc's dynamic mmap threshold, so that every
+    # large array of every forward pass would be mapped and page-faulted afresh instead of reusing the heap.
+    with dask.config.set({"distributed.worker.multiprocessing-method": "spawn",
+                          "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
         # dashboard_address=":0": a free port (None still binds its HTTP server to 8787, which may be taken)
         cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0")
     client = Client(cluster)
