@@ -39,8 +39,7 @@ import numpy as np
 
 from .cli import shown
 from .model import Levit
-from .prediction import nonfinite_error, top_labels
-from .preprocessing import check_image, preprocess_image
+from .prediction import predict_batch
 
 
 @dataclass
@@ -73,28 +72,10 @@ def label_batch(model: Levit, images: list[str], *, top_k: int = 5, embeddings: 
     """Run one batch of image paths through `model`: check and preprocess each (a failure is that image's error),
     one forward pass over the readable ones, top-k labels per image (non-finite logits are that image's error).
     A missing file takes no place in the forward pass: the batches of a list are the same wherever it is split."""
-    names = [shown(image) for image in images]
-    results: list = [None] * len(images)
-    pixels = {}
-    for i, image in enumerate(images):
-        try:
-            check_image(image, name=names[i])  # the file exists and is a file, before any decoding
-            pixels[i] = preprocess_image(image, model.config.image_size, name=names[i])  # (3, h, w)
-        except (OSError, ValueError) as e:
-            results[i] = str(e)
-    rows = []  # the batch rows of the images that get predictions
-    out = None
-    if pixels:
-        out = model(np.stack(list(pixels.values())))  # (b, 3, h, w) -> logits (b, num_labels), pooler (b, C)
-        for j, (i, logits) in enumerate(zip(pixels, out.logits, strict=True)):
-            error = nonfinite_error(logits, names[i])
-            if error is None:
-                results[i] = top_labels(logits, model.config.id2label, top_k)
-                rows.append(j)
-            else:
-                results[i] = str(error)
+    results, out, rows = predict_batch(model, images, [shown(image) for image in images], top_k=top_k)
+    results = [str(r) if isinstance(r, Exception) else r for r in results]  # an error is its message
     vectors = None
-    if embeddings:
+    if embeddings:  # the pooler_output rows of the images that got predictions
         width = model.config.hidden_sizes[-1]
         vectors = (np.ascontiguousarray(out.pooler_output[rows], dtype=np.float32) if out is not None
                    else np.empty((0, width), np.float32))

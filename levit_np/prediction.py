@@ -64,26 +64,42 @@ def iter_predictions(images: list, model: Levit, *, top_k: int = 5, batch_size: 
     """
     if errors not in ("raise", "return"):
         raise ValueError(f"errors must be 'raise' or 'return', found {errors!r}")
-    size = model.config.image_size
     names = names or [describe(im, i) for i, im in enumerate(images)]
     for start in range(0, len(images), batch_size):
-        results, pixels = {}, {}
-        for i in range(start, min(start + batch_size, len(images))):
-            try:
-                pixels[i] = preprocess_image(images[i], size, name=names[i])  # (3, S, S)
-            except (OSError, ValueError) as e:
-                if errors == "raise":
-                    raise
-                results[i] = e
-        if pixels:
-            logits = model(np.stack(list(pixels.values()))).logits  # (b, 3, S, S) -> (b, num_labels)
-            for i, row in zip(pixels, logits, strict=True):
-                error = nonfinite_error(row, names[i])
-                if error is not None and errors == "raise":
-                    raise error
-                results[i] = error or top_labels(row, model.config.id2label, top_k)
-        for i in sorted(results):
-            yield i, results[i]
+        stop = start + batch_size
+        results, _, _ = predict_batch(model, images[start:stop], names[start:stop], top_k=top_k, errors=errors)
+        yield from enumerate(results, start)
+
+
+def predict_batch(model: Levit, images: list, names: list[str], *, top_k: int = 5, errors: str = "return"):
+    """One forward pass over a batch of images -> (results, output, rows).
+
+    results[i]: image i's top-k predictions, or the OSError / ValueError that stopped it (it could not be checked or
+    read, or its logits are not all finite); errors="raise" raises the first of them instead. Only the readable
+    images take part in the forward pass, whose LevitOutput is `output` (None if there were none); `rows` are the
+    rows of that output that gave predictions, in order.
+    """
+    results: list = [None] * len(images)
+    pixels = {}
+    for i, image in enumerate(images):
+        try:
+            check_image(image, name=names[i])  # cheap checks (the file exists, the array's shape) before decoding
+            pixels[i] = preprocess_image(image, model.config.image_size, name=names[i])  # (3, h, w)
+        except (OSError, ValueError) as e:
+            if errors == "raise":
+                raise
+            results[i] = e
+    output, rows = None, []
+    if pixels:
+        output = model(np.stack(list(pixels.values())))  # (b, 3, h, w) -> logits (b, num_labels)
+        for row, (i, logits) in enumerate(zip(pixels, output.logits, strict=True)):
+            error = nonfinite_error(logits, names[i])
+            if error is not None and errors == "raise":
+                raise error
+            results[i] = error or top_labels(logits, model.config.id2label, top_k)
+            if error is None:
+                rows.append(row)
+    return results, output, rows
 
 
 def nonfinite_error(logits: np.ndarray, name: str) -> ValueError | None:

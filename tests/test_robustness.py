@@ -518,10 +518,7 @@ def poisoned(monkeypatch):
             return np.full_like(x, 1e38)
         return np.full_like(x, np.nan) if "nan" in file else x
 
-    from levit_np import labelling  # the command line's folder mode preprocesses there
-
     monkeypatch.setattr(predict_module, "preprocess_image", poison)
-    monkeypatch.setattr(labelling, "preprocess_image", poison)
 
 
 def test_poisoned_pixels_really_give_nonfinite_logits(model):
