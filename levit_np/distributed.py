@@ -183,9 +183,10 @@ def label_shard(index: int, images: list[str], job: dict) -> dict:
     """One task, on a worker: label `images` into part-{index}.jsonl (+ .npy) of job["output"], atomically.
     Returns {"shard", "images", "failures", "worker"}."""
     from .prediction import load_model
+    from .workers import use_threads
 
     if job.get("threads"):
-        _set_threads(job["threads"])
+        use_threads(job["threads"])  # this task's thread runs the model
     model = load_model(**job["model"])  # once per worker process: the cache keeps it for the next tasks
     out = Path(job["output"])
     name = SHARD_NAME.format(index)
@@ -296,11 +297,3 @@ def _connect(scheduler, workers: int | None, job: dict):
         cluster.close()
 
     return client, close
-
-
-def _set_threads(threads: int) -> None:
-    import numba
-
-    from .fast.blas import set_num_threads
-
-    set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))  # this task's thread runs the model

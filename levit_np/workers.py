@@ -85,9 +85,16 @@ def _start_worker(threads: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # a parent killed outright (SIGKILL) closes no queue: without this, its workers would wait for work forever
     threading.Thread(target=_exit_with_parent, daemon=True).start()
+    use_threads(threads)
+
+
+def use_threads(threads: int) -> None:
+    """Run this process's model on `threads` threads, at most NUMBA_NUM_THREADS (all Numba allows here)."""
+    import numba
+
     from .fast.blas import set_num_threads
 
-    set_num_threads(min(threads, _numba_max_threads()))
+    set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
 
 
 def _exit_with_parent() -> None:
@@ -97,12 +104,6 @@ def _exit_with_parent() -> None:
     if parent is not None:
         multiprocessing.connection.wait([parent.sentinel])
         os._exit(1)
-
-
-def _numba_max_threads() -> int:
-    import numba
-
-    return numba.config.NUMBA_NUM_THREADS
 
 
 def _label(model_spec: dict, images: list[str], top_k: int, embeddings: bool) -> LabelledBatch:
