@@ -36,6 +36,7 @@ Needs the `bench` and `test` extras: pip install -e ".[test,bench]" (and `pip in
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -315,33 +316,22 @@ def run_condition(condition: str, args, ckpts: dict, cache_root: Path, rows: lis
                 by_name = {c.name: c for c in contenders}
                 if (condition, threads) not in peaks and "numba" in by_name:
                     peaks[(condition, threads)] = by_name["numba"].ask(peak=True)["peak"]
-                with BusyNeighbour() if condition == "busy" else _nothing():
+                measured = []  # this variant's rows
+                with BusyNeighbour() if condition == "busy" else contextlib.nullcontext():
                     for batch in args.batches:
                         agree = check_agreement(contenders, batch)
                         for name, rounds in measure(contenders, batch, args.rounds, args.block, args.budget).items():
-                            rows.append(dict(condition=condition, variant=variant, batch=batch, threads=threads,
-                                             name=name, err=agree[name], **summary(rounds)))
-                            r = rows[-1]
+                            r = dict(condition=condition, variant=variant, batch=batch, threads=threads, name=name,
+                                     err=agree[name], **summary(rounds))
+                            measured.append(r)
                             print(f"# {condition}, LeViT-{variant} batch {batch}, {threads} threads, {name}: "
                                   f"{r['ms']:.2f} ms [{r['lo']:.2f}-{r['hi']:.2f}] (n={r['n']})", file=sys.stderr,
                                   flush=True)
-                for c in contenders:
-                    rss = c.ask(rss=True)["rss"]
-                    for r in rows:
-                        if (r["condition"], r["variant"], r["threads"], r["name"]) == (condition, variant, threads,
-                                                                                       c.name):
-                            r["rss"] = rss
+                rss = {c.name: c.ask(rss=True)["rss"] for c in contenders}  # each process's peak, its largest batch
+                rows += [{**r, "rss": rss[r["name"]]} for r in measured]
             finally:
                 for c in contenders:
                     c.close()
-
-
-class _nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def check_agreement(contenders: list[Contender], batch: int) -> dict[str, float]:
