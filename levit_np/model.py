@@ -172,7 +172,7 @@ class Levit:
             from .fast import threads
 
             threads.check_not_forked()
-            self._say_if_compiling()
+            self._compile_if_cold()
             guard = threads.FORWARD_LOCK  # numba: one forward at a time
         else:
             guard = _beside_a_compile() if self._waiting else contextlib.nullcontext()
@@ -202,7 +202,9 @@ class Levit:
         elif self._compiling is None and compiled.compiling_pid(self.dtype.name) is None:
             self._waiting = False  # the other process's compile ended without finishing
 
-    def _say_if_compiling(self) -> None:
+    def _compile_if_cold(self) -> None:
+        # before the first numba forward pass of a dtype whose kernels are not in the cache: say so, and compile what
+        # this model calls on two processes (compiled.compile_for)
         from .fast import compiled
 
         if compiled.DISABLE_JIT:  # nothing compiles
@@ -210,6 +212,7 @@ class Levit:
         if self.dtype.name not in _MARKED and not compiled.is_compiled(self.dtype.name):
             _say_once(f"foreground-{self.dtype.name}", f"compiling the numba kernels ({self.dtype.name}) for this CPU "
                       f"(once: later runs load them from {compiled.cache_dir()})...")
+            compiled.compile_for(self)
 
     def _check_input(self, pixel_values) -> np.ndarray:
         c = self.config

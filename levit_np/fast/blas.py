@@ -203,7 +203,14 @@ if not DISABLE_JIT:
 
 # --- gemm: c = a @ b, one BLAS call on the calling thread -------------------------------------------------------
 
-@helper_or_stand_in(python_gemm, inline=False)
+@helper(inline=False)
+def _check_blas_sizes(M, N, K, lda, ldb, ldc):
+    # a call, not inlined: a `raise` inlined into a kernel's prange loop would make Numba run that loop serially
+    if max(M, N, K, lda, ldb, ldc) > INT_MAX:
+        raise ValueError("gemm: a dimension or row stride is 2^31 elements or more, past the BLAS's 32-bit integers")
+
+
+@helper_or_stand_in(python_gemm)
 def gemm(a, b, c, transpose_a, transpose_b):
     # c (M, N) = a (M, K) @ b (K, N), one BLAS call on this thread; a given as (K, M) if transpose_a, b as (N, K) if
     # transpose_b. Each operand may be a strided view (rows any distance apart, elements in a row adjacent).
@@ -212,8 +219,7 @@ def gemm(a, b, c, transpose_a, transpose_b):
     lda = max(a.strides[0] // a.itemsize, a.shape[1], 1)  # leading dimensions; max() only matters for 1-row views
     ldb = max(b.strides[0] // b.itemsize, b.shape[1], 1)
     ldc = max(c.strides[0] // c.itemsize, N, 1)
-    if max(M, N, K, lda, ldb, ldc) > INT_MAX:
-        raise ValueError("gemm: a dimension or row stride is 2^31 elements or more, past the BLAS's 32-bit integers")
+    _check_blas_sizes(M, N, K, lda, ldb, ldc)
     if M == 0 or N == 0:
         return
     # row-major c = op(a) op(b) is column-major cᵀ = op(b)ᵀ op(a)ᵀ: the BLAS gets b first, and N rows by M columns

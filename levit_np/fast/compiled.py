@@ -6,14 +6,24 @@ NUMBA_CACHE_DIR); a later process loads it instead. A marker file in that cache 
 of one dtype has been compiled for this source, this Numba and this CPU, so that `backend="auto"` can tell a warm
 cache from a cold one without compiling anything.
 
+Numba compiles on one core, so `compile_for` splits the work where there is a second one: a worker process
+compiles the conv stem's kernels (`patch_embeddings` on the model's own stem weights) while this process compiles
+everything else (the forward pass with a stand-in stem); the forward pass then loads the stem's kernels from the
+cache. The two halves share no function that they would compile with different signatures (both call
+`kernels._panel_product` and `blas._check_blas_sizes` with the same types), so their writes to Numba's per-function
+cache index never race.
+
     python -m levit_np.fast.compiled float32 float64     # what `levit-np compile` and the background compile run
+    python -m levit_np.fast.compiled --stem               # compile_for's worker: reads its job on stdin
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import os
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -29,6 +39,8 @@ from .target import numba_target
 
 DTYPES = ("float32", "float64")
 BACKGROUND_ENV = "LEVIT_NP_BACKGROUND_COMPILE"  # "0": backend="auto" never starts a background compile
+PARALLEL_ENV = "LEVIT_NP_PARALLEL_COMPILE"  # "0": compile_for compiles in this process only
+STEM_WORKER_TIMEOUT = 600  # seconds compile_for waits for its worker before going on without it
 
 
 def cache_dir() -> Path:
@@ -64,7 +76,8 @@ def mark_compiled(dtype: str) -> None:
 
 
 def compile_kernels(dtype: str = "float32") -> None:
-    """Compile (or load from the cache) every kernel of `dtype`: one forward pass of a tiny random LeViT."""
+    """Compile (or load from the cache) every kernel of `dtype`: one forward pass of a tiny random LeViT (whose first
+    call compiles on two processes: `compile_for`)."""
     from ..checkpoint import random_weights
     from ..config import LevitConfig
     from ..model import Levit
@@ -74,6 +87,76 @@ def compile_kernels(dtype: str = "float32") -> None:
     arch = "LevitForImageClassificationWithTeacher"
     model = Levit(config, arch, random_weights(config, arch, np.dtype(dtype).type), backend="numba", dtype=dtype)
     model(np.zeros((1, 3, 48, 48), dtype))  # marks the dtype compiled
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def compile_for(model) -> int:
+    """Compile the numba kernels that `model` (a numba-backend `Levit`) calls, before its first forward pass: the
+    conv stem's in a worker process (`compile_stem`) while this one compiles the rest (`compile_all_but_stem`), where
+    there are two cores, else all here. Returns the number of processes that compiled. The stem's kernels reach this
+    process through Numba's cache; where the worker could not start or failed, the forward pass compiles them."""
+    from ..model import levit_forward
+
+    if DISABLE_JIT:
+        return 0
+    worker = None
+    if _cores() >= 2 and numba.get_num_threads() >= 2 and os.environ.get(PARALLEL_ENV, "1") != "0":
+        try:
+            worker = subprocess.Popen([sys.executable, "-m", "levit_np.fast.compiled", "--stem"],
+                                      stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            worker.stdin.write(pickle.dumps(stem_job(model)))
+            worker.stdin.close()
+        except OSError:
+            worker = None
+    if worker is None:
+        c = model.config
+        levit_forward(np.zeros((1, c.num_channels, *c.image_shape), model.dtype), model._params, c, model._ops,
+                      model.architecture)
+        return 1
+    try:
+        compile_all_but_stem(model)
+    finally:
+        try:
+            worker.wait(STEM_WORKER_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()
+    return 2
+
+
+def stem_job(model) -> dict:
+    """What `compile_stem` needs of a model (picklable): its dtype, channels, stem weights and conv geometry."""
+    c = model.config
+    return {"dtype": model.dtype.name, "channels": c.num_channels, "weights": model._params["patch_embeddings"],
+            "stride": c.stride, "padding": c.padding}
+
+
+def compile_stem(job: dict) -> None:
+    """Compile the conv stem's kernels for the model of `job` (`stem_job`): its patch_embeddings on one small image."""
+    from . import BACKEND
+
+    pixels = np.zeros((1, job["channels"], 64, 64), job["dtype"])  # 64 -> 32 -> 16 -> 8 -> 4 pixels
+    BACKEND.patch_embeddings(pixels, **job["weights"], stride=job["stride"], padding=job["padding"])
+
+
+def compile_all_but_stem(model) -> None:
+    """Compile every kernel `model` calls but the conv stem's: its forward pass on the stem's output shape, zeros."""
+    from ..model import levit_forward
+
+    c = model.config
+    (rows, cols), width = c.resolutions[0], c.hidden_sizes[0]
+
+    def stand_in_stem(pixel_values, **_):  # the stem's output: tokens (1, N, C0)
+        return np.zeros((1, rows * cols, width), model.dtype)
+
+    levit_forward(None, model._params, c, dataclasses.replace(model._ops, patch_embeddings=stand_in_stem),
+                  model.architecture)
 
 
 def _lock(dtype: str) -> Path:
@@ -102,7 +185,8 @@ def start_background_compile(dtype: str = "float32") -> subprocess.Popen | None:
         detach = dict(creationflags=subprocess.CREATE_NEW_PROCESS_GROUP | subprocess.BELOW_NORMAL_PRIORITY_CLASS)
     try:
         proc = subprocess.Popen([sys.executable, "-m", "levit_np.fast.compiled", dtype], stdin=subprocess.DEVNULL,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **detach)
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                env={**os.environ, PARALLEL_ENV: "0"}, **detach)  # one core: the other answers
     except OSError:
         return None
     try:
@@ -113,7 +197,11 @@ def start_background_compile(dtype: str = "float32") -> subprocess.Popen | None:
 
 
 def main(argv=None) -> int:
-    for dtype in argv if argv is not None else sys.argv[1:] or ["float32"]:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv == ["--stem"]:  # compile_for's worker
+        compile_stem(pickle.loads(sys.stdin.buffer.read()))
+        return 0
+    for dtype in argv or ["float32"]:
         if dtype not in DTYPES:
             print(f"unknown dtype {dtype!r}; choose from {DTYPES}", file=sys.stderr)
             return 2

@@ -131,7 +131,8 @@ def _dense_blas_kernel(x, weight, bias, activate, out, threads):
 def _panel_product(x, panel, out, bias, activate):
     # out (m, cols) = act(x (m, K) @ panel (K, PANEL)[:, :cols] [+ bias (cols,)]), float32, cols <= PANEL: micro-tile
     # by micro-tile, each written straight into `out` and finished while in cache; a ragged edge (the last
-    # < MICRO_ROWS rows, or cols < PANEL) goes through a small buffer instead
+    # < MICRO_ROWS rows, or cols < PANEL) goes through a small buffer instead. No bias: an empty one (not None, so
+    # that the dense and the conv kernels call one signature of it: see compiled.compile_for)
     m, cols = out.shape
     for r0 in range(0, m, MICRO_ROWS):
         rows = min(MICRO_ROWS, m - r0)
@@ -149,8 +150,11 @@ def _panel_product(x, panel, out, bias, activate):
                 src, dst = tile[r], out[r0 + r]  # (PANEL,), (cols,)
                 for c in range(cols):
                     dst[c] = src[c]
-        for r in range(r0, r0 + rows):
-            _bias_act(out[r], bias, activate)  # (cols,) while the micro-tile is in cache
+        for r in range(r0, r0 + rows):  # (cols,) while the micro-tile is in cache
+            if bias.size:
+                _bias_act(out[r], bias, activate)
+            else:
+                _bias_act(out[r], None, activate)
 
 
 @kernel(parallel=True)
@@ -263,6 +267,7 @@ def _conv_kernel(x, channels_first, matrix, panels, kernel_size, stride, padding
     B = x.shape[0]
     _, Ho, Wo, Cout = out.shape
     packed = panels.shape[0] > 0
+    no_bias = np.empty(0, x.dtype)  # (the bias is the weight's last row)
     KK = panels.shape[1] if packed else matrix.shape[0]  # k*k*Cin + 1
     out2 = out.reshape(B * Ho * Wo, Cout)  # (pixels, Cout)
     flat = out.reshape(B * Ho * Wo * Cout)  # the same memory, 1-D, for the element-wise epilogue
@@ -282,7 +287,8 @@ def _conv_kernel(x, channels_first, matrix, panels, kernel_size, stride, padding
             if packed:  # (pixels, k*k*Cin+1) @ (k*k*Cin+1, PANEL), panel by panel, Hardswish micro-tile by tile
                 for p in range(panels.shape[0]):
                     c0 = p * PANEL
-                    _panel_product(cols, panels[p], out2[p0:p1, c0:min(Cout, c0 + PANEL)], None, activate)
+                    _panel_product(cols, panels[p], out2[p0:p1, c0:min(Cout, c0 + PANEL)], no_bias,
+                                   activate)
             else:
                 gemm(cols, matrix, out2[p0:p1], False, False)  # (pixels, k*k*Cin+1) @ (k*k*Cin+1, Cout)
         if activate and not packed:
