@@ -101,8 +101,6 @@ def compile_for(model) -> int:
     conv stem's in a worker process (`compile_stem`) while this one compiles the rest (`compile_all_but_stem`), where
     there are two cores, else all here. Returns the number of processes that compiled. The stem's kernels reach this
     process through Numba's cache; where the worker could not start or failed, the forward pass compiles them."""
-    from ..model import levit_forward
-
     if DISABLE_JIT:
         return 0
     worker = None
@@ -115,10 +113,7 @@ def compile_for(model) -> int:
         except OSError:
             worker = None
     if worker is None:
-        c = model.config
-        levit_forward(np.zeros((1, c.num_channels, *c.image_shape), model.dtype), model._params, c, model._ops,
-                      model.architecture)
-        return 1
+        return 1  # the forward pass compiles everything, here
     try:
         compile_all_but_stem(model)
     finally:
