@@ -68,6 +68,12 @@ def python_max(a, b):
     return max(a, b)
 
 
+def python_clamp(v, lo, hi):
+    # llvm_ir.clamp: min(max(v, lo), hi), a NaN v giving lo
+    v = v if v > lo else lo
+    return v if v < hi else hi
+
+
 def python_pow2(n):
     # llvm_ir.pow2: 2^n as a float32
     return np.float32(2.0 ** int(n))

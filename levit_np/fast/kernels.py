@@ -22,7 +22,7 @@ from numba import prange
 from ..config import as_grid
 from .blas import gemm, one_blas_thread
 from .jit import helper, kernel
-from .llvm_ir import MICRO_ROWS, fast_max, micro_gemm, pow2
+from .llvm_ir import MICRO_ROWS, clamp, fast_max, micro_gemm, pow2
 from .weights import PANEL, Panels
 
 # Rows per BLAS tile of a dense layer: at most 256 (the tile stays in L2 for its epilogue); at least 64, below which
@@ -38,9 +38,9 @@ STEM_CHUNK = 4  # images per pass through the conv stem, so that their activatio
 @helper
 def _hardswish(v):
     # twin of layers.hardswish, on a scalar: x * relu6(x + 3) / 6 in x's own precision (a bare 3 would promote
-    # float32 to float64)
+    # float32 to float64); relu6 as `clamp`, which LLVM vectorises (Numba's min() and max() it does not)
     t = type(v)
-    return v * min(max(v + t(3), t(0)), t(6)) / t(6)
+    return v * clamp(v + t(3), t(0), t(6)) / t(6)
 
 
 @helper
@@ -128,16 +128,19 @@ def _dense_blas_kernel(x, weight, bias, activate, out, threads):
 
 
 @helper(inline=False)
-def _panel_product(x, panel, out, bias, activate):
-    # out (m, cols) = act(x (m, K) @ panel (K, PANEL)[:, :cols] [+ bias (cols,)]), float32, cols <= PANEL: micro-tile
-    # by micro-tile, each written straight into `out` and finished while in cache; a ragged edge (the last
-    # < MICRO_ROWS rows, or cols < PANEL) goes through a small buffer instead. No bias: an empty one (not None, so
-    # that the dense and the conv kernels call one signature of it: see compiled.compile_for)
-    m, cols = out.shape
+def _panel_product(x, panel, out, c0, bias, activate):
+    # out[:, c0:c0 + cols] = act(x (m, K) @ panel (K, PANEL)[:, :cols] [+ bias (cols,)]), float32, out (m, N)
+    # C-contiguous, cols = min(PANEL, N - c0): micro-tile by micro-tile, each written straight into `out` and
+    # finished while in cache; a ragged edge (the last < MICRO_ROWS rows, or cols < PANEL) goes through a small
+    # buffer instead. No bias: an empty one (not None, so that the dense and the conv kernels call one signature
+    # of it: see compiled.compile_for). `out` whole rows and c0, not a column slice of it, so that its row views are
+    # contiguous to Numba, and the epilogue's loops vectorise.
+    m, N = out.shape
+    cols = min(PANEL, N - c0)
     for r0 in range(0, m, MICRO_ROWS):
         rows = min(MICRO_ROWS, m - r0)
         if rows == MICRO_ROWS and cols == PANEL:
-            micro_gemm(x[r0:r0 + MICRO_ROWS], panel, out[r0:r0 + MICRO_ROWS])  # (MICRO_ROWS, PANEL)
+            micro_gemm(x[r0:r0 + MICRO_ROWS], panel, out[r0:r0 + MICRO_ROWS, c0:c0 + PANEL])  # (MICRO_ROWS, PANEL)
         else:  # element loops, not slice assignments (whose shape-mismatch message costs seconds to compile)
             edge = np.zeros((MICRO_ROWS, x.shape[1]), x.dtype)  # (MICRO_ROWS, K), rows past the end zero
             for r in range(rows):
@@ -147,14 +150,14 @@ def _panel_product(x, panel, out, bias, activate):
             tile = np.empty((MICRO_ROWS, PANEL), x.dtype)  # (MICRO_ROWS, PANEL)
             micro_gemm(edge, panel, tile)
             for r in range(rows):
-                src, dst = tile[r], out[r0 + r]  # (PANEL,), (cols,)
+                src, dst = tile[r], out[r0 + r, c0:c0 + cols]  # (PANEL,), (cols,)
                 for c in range(cols):
                     dst[c] = src[c]
         for r in range(r0, r0 + rows):  # (cols,) while the micro-tile is in cache
             if bias.size:
-                _bias_act(out[r], bias, activate)
+                _bias_act(out[r, c0:c0 + cols], bias, activate)
             else:
-                _bias_act(out[r], None, activate)
+                _bias_act(out[r, c0:c0 + cols], None, activate)
 
 
 @kernel(parallel=True)
@@ -176,7 +179,7 @@ def _dense_packed_kernel(x, panels, bias, activate, out, threads):
         r1, c1 = min(M, r0 + rows), min(N, c0 + PANEL)
         if r0 >= r1:
             continue
-        _panel_product(x[r0:r1], panels[t % P], out[r0:r1, c0:c1], bias[c0:c1], activate)
+        _panel_product(x[r0:r1], panels[t % P], out[r0:r1], c0, bias[c0:c1], activate)
 
 
 def linear_bn(x, weight, bias, activate=False):
@@ -287,8 +290,7 @@ def _conv_kernel(x, channels_first, matrix, panels, kernel_size, stride, padding
             if packed:  # (pixels, k*k*Cin+1) @ (k*k*Cin+1, PANEL), panel by panel, Hardswish micro-tile by tile
                 for p in range(panels.shape[0]):
                     c0 = p * PANEL
-                    _panel_product(cols, panels[p], out2[p0:p1, c0:min(Cout, c0 + PANEL)], no_bias,
-                                   activate)
+                    _panel_product(cols, panels[p], out2[p0:p1], c0, no_bias, activate)
             else:
                 gemm(cols, matrix, out2[p0:p1], False, False)  # (pixels, k*k*Cin+1) @ (k*k*Cin+1, Cout)
         if activate and not packed:
@@ -348,10 +350,12 @@ def patch_embeddings(pixel_values, embedding_layer_1, embedding_layer_2, embeddi
 # --- attention: per (image, head) tile: q kᵀ (BLAS), softmax, · v (BLAS), Hardswish ------------------------------
 
 @helper
-def _attend(q, k, v, bias, scale, scores, out, normalise):
+def _attend(q, k, v, bias, scale, scores, out, e0, normalise):
     # the core of layers.attention for one (image, head): q (Nq, kd), k (Nk, kd), v (Nk, vd), bias (Nq, Nk) ->
-    # scores (Nq, Nk) = exp of the softmax logits, normalised if `normalise`; out (Nq, vd) = Hardswish(softmax @ v)
+    # scores (Nq, Nk) = exp of the softmax logits, normalised if `normalise`; out[:, e0:e0 + vd] = Hardswish(softmax
+    # @ v), out (Nq, H*vd) C-contiguous (whole rows, so that the Hardswish loop runs over contiguous views)
     Nq, Nk = scores.shape
+    vd = v.shape[1]
     gemm(q, k, scores, False, True)  # (Nq, kd) @ (Nk, kd)ᵀ -> (Nq, Nk)
     inv = np.empty(Nq, scores.dtype)  # (Nq,) 1 / row sum, applied after · v unless `normalise`
     for i in range(Nq):
@@ -371,9 +375,9 @@ def _attend(q, k, v, bias, scale, scores, out, normalise):
             for j in range(Nk):
                 row[j] *= inv[i]
             inv[i] = 1
-    gemm(scores, v, out, False, False)  # (Nq, Nk) @ (Nk, vd) -> (Nq, vd)
+    gemm(scores, v, out[:, e0:e0 + vd], False, False)  # (Nq, Nk) @ (Nk, vd) -> (Nq, vd)
     for i in range(Nq):
-        o = out[i]  # (vd,)
+        o = out[i, e0:e0 + vd]  # (vd,)
         for e in range(o.size):
             o[e] = _hardswish(o[e] * inv[i])
 
@@ -394,7 +398,7 @@ def _attention_kernel(queries, q_width, keys_values, kv_width, k_offset, v_offse
         q0, k0, v0 = h * q_width, h * kv_width + k_offset, h * kv_width + v_offset
         scores = probs[b, h] if output_attentions else np.empty((Nq, Nk), queries.dtype)  # (Nq, Nk)
         _attend(queries[b, :, q0:q0 + kd], keys_values[b, :, k0:k0 + kd], keys_values[b, :, v0:v0 + vd],
-                attention_biases[h], scale, scores, out[b, :, h * vd:(h + 1) * vd], output_attentions)
+                attention_biases[h], scale, scores, out[b], h * vd, output_attentions)
 
 
 def _attend_heads(queries, q_width, keys_values, kv_width, k_offset, v_offset, attention_biases, projection, *,

@@ -1,12 +1,12 @@
-"""Hand-written LLVM IR, through Numba's `@intrinsic`: the float32 GEMM micro-kernel and two one-liners.
+"""Hand-written LLVM IR, through Numba's `@intrinsic`: the float32 GEMM micro-kernel and three one-liners.
 
 `micro_gemm` multiplies MICRO_ROWS rows of x by one packed weight panel (`weights.Panels`, PANEL columns) with
 its MICRO_ROWS x PANEL tile of c held in vector registers for the whole k loop, and streams the panel in the order
 it was packed, once, at load. The tile is shaped by the CPU Numba compiles for (`target.TILE`: 6 x 64 with
 AVX-512, 6 x 16 with AVX2 or NEON, 6 x 8 with SSE) so that its accumulators, one panel row and a broadcast of x fit
 the vector registers. `emit_micro_kernel` writes its IR for any tile, so that the tests can compile it for other
-targets too (`micro_kernel_ir`). `fast_max` and `pow2` let LLVM vectorise the softmax's max and exp. Under
-NUMBA_DISABLE_JIT each has a plain-Python stand-in (`jit.py`).
+targets too (`micro_kernel_ir`). `fast_max` and `pow2` let LLVM vectorise the softmax's max and exp, `clamp` the
+Hardswish. Under NUMBA_DISABLE_JIT each has a plain-Python stand-in (`jit.py`).
 
 The IR uses opaque pointers (`ptr`): loads and GEPs name their element types, and intrinsics are declared by name
 and overloaded types, so that LLVM mangles them (`llvm.fma.v16f32`, `llvm.prefetch.p0`).
@@ -18,7 +18,7 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
-from .jit import helper_or_stand_in, intrinsic_or_stand_in, python_max, python_micro_gemm, python_pow2
+from .jit import helper_or_stand_in, intrinsic_or_stand_in, python_clamp, python_max, python_micro_gemm, python_pow2
 from .target import TILE, Tile
 from .weights import PANEL
 
@@ -148,6 +148,16 @@ def fast_max(typingctx, a, b):
         greater = builder.fcmp_ordered(">", args[0], args[1], flags=("fast",))
         return builder.select(greater, args[0], args[1], flags=("fast",))
     return a(a, a), codegen
+
+
+@intrinsic_or_stand_in(python_clamp)
+def clamp(typingctx, v, lo, hi):
+    # min(max(v, lo), hi) as two ordered compare + selects, which LLVM vectorises; a NaN v gives lo
+    def codegen(context, builder, signature, args):
+        v, lo, hi = args
+        v = builder.select(builder.fcmp_ordered(">", v, lo), v, lo)
+        return builder.select(builder.fcmp_ordered("<", v, hi), v, hi)
+    return v(v, v, v), codegen
 
 
 @intrinsic_or_stand_in(python_pow2)
