@@ -56,3 +56,36 @@ def test_one_thread_equals_two(model):
         levit_np.set_num_threads(threads)
     for a, b in zip(one, two, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_work_arrays_never_leak_between_calls(checkpoint):
+    """The kernels keep their intermediates' buffers between calls (`kernels.work_array`): a call of another model,
+    of other widths and batch sizes in between, changes neither the outputs an earlier call returned (they are
+    never those buffers) nor what the next call computes (every element of a work array is written before it is
+    read), bit for bit; and each thread has its own."""
+    import threading
+
+    models = {}
+    for name in SHAPES:
+        _, path = checkpoint("LevitForImageClassificationWithTeacher", num_labels=10, **SHAPES[name])
+        models[name] = levit_np.from_pretrained(path, backend="numba")
+    rng = np.random.default_rng(3)
+    xs = {name: rng.standard_normal((b, 3, m.config.image_size, m.config.image_size), dtype=np.float32)
+          for (name, m), b in zip(models.items(), (5, 2), strict=True)}
+    first = {name: outputs(m, xs[name]) for name, m in models.items()}
+    kept = {name: [a.copy() for a in out] for name, out in first.items()}
+    for name, m in reversed(models.items()):  # the other model, then this one again
+        again = outputs(m, xs[name][:1])
+        for a, b in zip(again, first[name], strict=True):
+            np.testing.assert_array_equal(a[0], b[0])
+    for name in models:
+        for a, b in zip(first[name], kept[name], strict=True):
+            np.testing.assert_array_equal(a, b)  # the returned arrays were not overwritten
+
+    from levit_np.fast import kernels
+
+    seen = []
+    thread = threading.Thread(target=lambda: seen.append(kernels.work_array("qkv", (4,), np.float32)))
+    thread.start()
+    thread.join()
+    assert not np.shares_memory(seen[0], kernels.work_array("qkv", (4,), np.float32))

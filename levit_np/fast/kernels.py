@@ -14,6 +14,7 @@ vd = attention_ratio * kd value dim, Nq/Nk query/key tokens, M = B*N rows of a t
 from __future__ import annotations
 
 import math
+import threading
 
 import numba
 import numpy as np
@@ -31,6 +32,28 @@ TILE_ROWS = (64, 256)
 X_CHUNK_BYTES = 1 << 18  # x rows per micro-kernel task: at most this many bytes (they stay in L2 while panels pass)
 CONV_TILE_PIXELS = 256  # output pixels per conv tile, so that its im2col stays in L2
 STEM_CHUNK = 4  # images per pass through the conv stem, so that their activations stay in L3
+SCRATCH_MAX_BYTES = 1 << 28  # a work array larger than this is allocated afresh on each call rather than kept
+
+
+# --- work arrays --------------------------------------------------------------------------------------------------
+
+_work = threading.local()
+
+
+def work_array(slot: str, shape, dtype) -> np.ndarray:
+    """An array for an intermediate that never leaves the layer function making it (qkv, the heads' outputs, the MLP's
+    hidden layer, the stem's activations): one buffer per slot, dtype and thread, kept between calls and grown as
+    needed. Large intermediates made afresh on every call are page-faulted in afresh, because malloc gives blocks that
+    big back to the system; that made a large batch's forward several percent slower. Contents undefined, as with
+    np.empty; at most SCRATCH_MAX_BYTES per buffer is kept."""
+    dtype, n = np.dtype(dtype), math.prod(shape)
+    if n * dtype.itemsize > SCRATCH_MAX_BYTES:
+        return np.empty(shape, dtype)
+    buffers = _work.__dict__.setdefault("buffers", {})
+    buffer = buffers.get((slot, dtype))
+    if buffer is None or buffer.size < n:
+        buffer = buffers[slot, dtype] = np.empty(n, dtype)
+    return buffer[:n].reshape(shape)
 
 
 # --- element-wise helpers ----------------------------------------------------------------------------------------
@@ -182,11 +205,13 @@ def _dense_packed_kernel(x, panels, bias, activate, out, threads):
         _panel_product(x[r0:r1], panels[t % P], out[r0:r1], c0, bias[c0:c1], activate)
 
 
-def linear_bn(x, weight, bias, activate=False):
+def linear_bn(x, weight, bias, activate=False, work=None):
     """Twin of layers.linear_bn [+ layers.hardswish], its BatchNorm folded into (weight, bias): (..., K) -> (..., N).
-    weight: `Panels` (float32, our micro-kernel) or a (K, N) matrix (float64, BLAS)."""
+    weight: `Panels` (float32, our micro-kernel) or a (K, N) matrix (float64, BLAS). `work`: a `work_array` slot to
+    write into, for an output the caller consumes before it calls again (None: a fresh array)."""
     x2 = np.ascontiguousarray(x.reshape(-1, x.shape[-1]))  # (M, K), rows adjacent
-    out = np.empty((x2.shape[0], bias.shape[0]), x.dtype)  # (M, N)
+    shape = (x2.shape[0], bias.shape[0])  # (M, N)
+    out = np.empty(shape, x.dtype) if work is None else work_array(work, shape, x.dtype)
     if isinstance(weight, Panels):
         _dense_packed_kernel(x2, weight.data, bias, activate, out, numba.get_num_threads())
     else:
@@ -197,7 +222,7 @@ def linear_bn(x, weight, bias, activate=False):
 @one_blas_thread
 def mlp(x, linear_up, linear_down):
     """Twin of layers.mlp (the residual branch): (B, N, C) -> (B, N, C*r) -> Hardswish -> (B, N, C)."""
-    return linear_bn(linear_bn(x, **linear_up, activate=True), **linear_down)
+    return linear_bn(linear_bn(x, **linear_up, activate=True, work="mlp hidden"), **linear_down)
 
 
 @one_blas_thread
@@ -406,7 +431,7 @@ def _attend_heads(queries, q_width, keys_values, kv_width, k_offset, v_offset, a
     # every head's softmax(q kᵀ * kd^-0.5 + bias) v, Hardswish, then the projection: -> ((B, Nq, C'), probs or None)
     B, Nq, _ = queries.shape
     H, Nk = attention_biases.shape[0], keys_values.shape[1]
-    out = np.empty((B, Nq, H * value_dim), queries.dtype)  # (B, Nq, H*vd)
+    out = work_array("heads", (B, Nq, H * value_dim), queries.dtype)  # (B, Nq, H*vd)
     probs = np.empty((B, H, Nq, Nk) if output_attentions else (1, 1, 1, 1), queries.dtype)
     _attention_kernel(queries, q_width, keys_values, kv_width, k_offset, v_offset, key_dim, attention_biases,
                       queries.dtype.type(key_dim ** -0.5), out, probs, output_attentions)
@@ -419,7 +444,7 @@ def attention(x, queries_keys_values, projection, attention_biases, *, num_atten
     """Twin of layers.attention (the residual branch): (B, N, C) -> ((B, N, C), probs (B, H, N, N) or None).
     `attention_biases` is the dense (H, N, N) bias, gathered by `attention_bias_idxs` at load (`weights.prepare`)."""
     kd, vd = key_dim, attention_ratio * key_dim
-    qkv = linear_bn(x, **queries_keys_values)  # (B, N, C) -> (B, N, H*(2kd+vd)), per head [q | k | v]
+    qkv = linear_bn(x, **queries_keys_values, work="qkv")  # (B, N, C) -> (B, N, H*(2kd+vd)), per head [q | k | v]
     w = 2 * kd + vd  # one head's width in qkv
     return _attend_heads(qkv, w, qkv, w, kd, 2 * kd, attention_biases, projection, key_dim=kd, value_dim=vd,
                          output_attentions=output_attentions)
@@ -433,8 +458,8 @@ def attention_subsample(x, keys_values, queries, projection, attention_biases, *
     `attention_biases` is the dense (H, Nq, Rh*Rw) bias, gathered by `attention_bias_idxs` at load."""
     B, _, C = x.shape
     kd, vd = key_dim, attention_ratio * key_dim
-    kv = linear_bn(x, **keys_values)  # (B, N, C) -> (B, N, H*(kd+vd)), per head [k | v]
+    kv = linear_bn(x, **keys_values, work="kv")  # (B, N, C) -> (B, N, H*(kd+vd)), per head [k | v]
     xq = x.reshape(B, *as_grid(resolution), C)[:, ::stride, ::stride]  # (B, Rh', Rw', C) strided query grid
-    q = linear_bn(np.ascontiguousarray(xq).reshape(B, -1, C), **queries)  # (B, Nq, C) -> (B, Nq, H*kd)
+    q = linear_bn(np.ascontiguousarray(xq).reshape(B, -1, C), **queries, work="q")  # (B, Nq, C) -> (B, Nq, H*kd)
     return _attend_heads(q, kd, kv, kd + vd, 0, kd, attention_biases, projection, key_dim=kd, value_dim=vd,
                          output_attentions=output_attentions)
