@@ -165,13 +165,16 @@ def _panel_product(x, panel, out, c0, bias, activate):
         if rows == MICRO_ROWS and cols == PANEL:
             micro_gemm(x[r0:r0 + MICRO_ROWS], panel, out[r0:r0 + MICRO_ROWS, c0:c0 + PANEL])  # (MICRO_ROWS, PANEL)
         else:  # element loops, not slice assignments (whose shape-mismatch message costs seconds to compile)
-            edge = np.zeros((MICRO_ROWS, x.shape[1]), x.dtype)  # (MICRO_ROWS, K), rows past the end zero
-            for r in range(rows):
-                src, dst = x[r0 + r], edge[r]  # (K,), (K,)
-                for k in range(src.size):
-                    dst[k] = src[k]
             tile = np.empty((MICRO_ROWS, PANEL), x.dtype)  # (MICRO_ROWS, PANEL)
-            micro_gemm(edge, panel, tile)
+            if rows == MICRO_ROWS:  # only the columns are ragged (a layer narrower than a panel)
+                micro_gemm(x[r0:r0 + MICRO_ROWS], panel, tile)
+            else:
+                edge = np.zeros((MICRO_ROWS, x.shape[1]), x.dtype)  # (MICRO_ROWS, K), rows past the end zero
+                for r in range(rows):
+                    src, dst = x[r0 + r], edge[r]  # (K,), (K,)
+                    for k in range(src.size):
+                        dst[k] = src[k]
+                micro_gemm(edge, panel, tile)
             for r in range(rows):
                 src, dst = tile[r], out[r0 + r, c0:c0 + cols]  # (PANEL,), (cols,)
                 for c in range(cols):
