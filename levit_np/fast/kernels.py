@@ -32,7 +32,7 @@ TILE_ROWS = (64, 256)
 X_CHUNK_BYTES = 1 << 18  # x rows per micro-kernel task: at most this many bytes (they stay in L2 while panels pass)
 CONV_TILE_PIXELS = 256  # output pixels per conv tile, so that its im2col stays in L2
 STEM_CHUNK = 4  # images per pass through the conv stem, so that their activations stay in L3
-SCRATCH_MAX_BYTES = 1 << 28  # a work array larger than this is allocated afresh on each call rather than kept
+WORK_ARRAY_MAX_BYTES = 1 << 28  # a work array larger than this is allocated afresh on each call rather than kept
 
 
 # --- work arrays --------------------------------------------------------------------------------------------------
@@ -42,12 +42,12 @@ _work = threading.local()
 
 def work_array(slot: str, shape, dtype) -> np.ndarray:
     """An array for an intermediate that never leaves the layer function making it (qkv, the heads' outputs, the MLP's
-    hidden layer, the stem's activations): one buffer per slot, dtype and thread, kept between calls and grown as
-    needed. Large intermediates made afresh on every call are page-faulted in afresh, because malloc gives blocks that
-    big back to the system; that made a large batch's forward several percent slower. Contents undefined, as with
-    np.empty; at most SCRATCH_MAX_BYTES per buffer is kept."""
+    hidden layer, the subsample's k/v and queries): one buffer per slot, dtype and thread, kept between calls and
+    grown as needed. A large intermediate made afresh on every call is page-faulted in afresh, because malloc gives
+    blocks that big back to the system. Contents undefined, as with np.empty; at most WORK_ARRAY_MAX_BYTES per buffer
+    is kept."""
     dtype, n = np.dtype(dtype), math.prod(shape)
-    if n * dtype.itemsize > SCRATCH_MAX_BYTES:
+    if n * dtype.itemsize > WORK_ARRAY_MAX_BYTES:
         return np.empty(shape, dtype)
     buffers = _work.__dict__.setdefault("buffers", {})
     buffer = buffers.get((slot, dtype))
