@@ -7,6 +7,7 @@ import os
 
 import numpy as np
 import torch
+from PIL import Image
 
 import levit_np
 from levit_np.backend import NAMES as BACKENDS
@@ -19,6 +20,10 @@ from levit_np.testing import build_hf, hf_config, randomize_, save_hf  # noqa: F
 # float64: the same algorithm in double precision measures ~1e-14; 1e-10 proves the arithmetic is the same.
 RTOL = {"float32": 1e-4, "float64": 1e-10}
 WORST: dict[str, tuple[float, str, str]] = {}  # dtype -> (worst error, output, test): reported after the run
+
+# A LeViT small enough to build, save and run in a fraction of a second: the tests' usual random checkpoint
+SMALL = dict(hidden_sizes=[32, 48, 64], num_attention_heads=[2, 3, 4], depths=[1, 1, 1], key_dim=[8, 8, 8],
+             image_size=64)
 
 ALL_BACKENDS = sorted(BACKENDS)
 CLASSES = ("LevitModel", "LevitForImageClassification", "LevitForImageClassificationWithTeacher")
@@ -90,3 +95,15 @@ def assert_same_top1(ours: np.ndarray, ref: np.ndarray, rtol: float) -> None:
     top2 = np.sort(ref, axis=-1)[:, -2:] if ref.shape[-1] > 1 else np.concatenate([ref, ref - 1], -1)
     clear = (top2[:, 1] - top2[:, 0]) > 2 * rtol * scale
     np.testing.assert_array_equal(ours.argmax(-1)[clear], ref.argmax(-1)[clear], err_msg="top-1 differs from HF")
+
+
+def write_photos(folder, n: int, seed: int, broken: str, broken_bytes: bytes):
+    """A folder of photos to label: n small random PNGs, sub{i % 3}/img{i:03d}.png of (60 + i % 7) x 70 pixels,
+    and the file `broken` (a path inside the folder) holding `broken_bytes`, which no image reader accepts."""
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        path = folder / f"sub{i % 3}" / f"img{i:03d}.png"
+        path.parent.mkdir(exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (60 + i % 7, 70, 3), dtype=np.uint8)).save(path)
+    (folder / broken).write_bytes(broken_bytes)
+    return folder

@@ -11,11 +11,8 @@ import torch
 from safetensors.numpy import load_file, save_file
 
 import levit_np
-from helpers import HF_VARIANTS, build_hf, compare_outputs, hf_forward, random_pixels, randomize_, save_hf
+from helpers import HF_VARIANTS, SMALL, build_hf, compare_outputs, hf_forward, random_pixels, randomize_, save_hf
 from levit_np.config import VARIANTS
-
-SMALL = dict(hidden_sizes=[32, 48, 64], num_attention_heads=[2, 3, 4], depths=[1, 1, 1], key_dim=[8, 8, 8],
-             image_size=64)
 
 
 def rewrite_weights(path, edit):

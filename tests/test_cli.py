@@ -15,11 +15,9 @@ import pytest
 from PIL import Image
 
 import levit_np
-from helpers import HF_VARIANTS
+from helpers import HF_VARIANTS, SMALL
 from levit_np.cli import main
 
-SMALL = dict(hidden_sizes=[32, 48, 64], num_attention_heads=[2, 3, 4], depths=[1, 1, 1], key_dim=[8, 8, 8],
-             image_size=64)
 REPO = Path(__file__).resolve().parents[1]
 
 

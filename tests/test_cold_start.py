@@ -19,11 +19,11 @@ import numba
 import numpy as np
 import pytest
 
+from helpers import SMALL
+
 pytestmark = pytest.mark.skipif(numba.config.DISABLE_JIT, reason="nothing compiles under NUMBA_DISABLE_JIT")
 
 NOBODY = 65534  # the conventional uid and gid of `nobody`
-SMALL = dict(hidden_sizes=[32, 48, 64], num_attention_heads=[2, 3, 4], depths=[1, 1, 1], key_dim=[8, 8, 8],
-             image_size=64)
 
 # Runs in a fresh process: loads the checkpoint with `backend`, runs it, waits for a background compile if asked,
 # runs it again; prints JSON with the backends used, the compilations Numba did, and the outputs' error against

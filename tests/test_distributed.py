@@ -7,20 +7,18 @@ import signal
 
 import numpy as np
 import pytest
-from PIL import Image
 
 pytest.importorskip("distributed", reason="the dask extra: pip install 'levit-np[dask]'")
 
 from distributed import Client, LocalCluster
 from distributed.diagnostics.plugin import WorkerPlugin
 
+from helpers import SMALL, write_photos
 from levit_np.cli import main
 from levit_np.distributed import default_shard_size, predict_dataset, read_embeddings, read_shards, shard_files
 from levit_np.labelling import read_embeddings as read_jsonl_embeddings
 from levit_np.labelling import read_records, record_line
 
-SMALL = dict(hidden_sizes=[32, 48, 64], num_attention_heads=[2, 3, 4], depths=[1, 1, 1], key_dim=[8, 8, 8],
-             image_size=64)
 N_IMAGES = 100
 
 
@@ -31,14 +29,8 @@ def small(checkpoint):
 
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("photos")
-    rng = np.random.default_rng(1)
-    for i in range(N_IMAGES):
-        path = folder / f"d{i % 4}" / f"{i:03d}.png"
-        path.parent.mkdir(exist_ok=True)
-        Image.fromarray(rng.integers(0, 256, (64 + i % 9, 66, 3), dtype=np.uint8)).save(path)
-    (folder / "d2" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
-    return folder
+    truncated_png = b"\x89PNG\r\n\x1a\n truncated"
+    return write_photos(tmp_path_factory.mktemp("photos"), N_IMAGES, 1, "sub2/broken.png", truncated_png)
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +70,7 @@ def test_cluster_equals_one_process_bit_for_bit(client, small, photos, one_proce
                           embeddings=True)
     assert run.images == N_IMAGES + 1 and run.labelled == N_IMAGES + 1 and run.skipped == 0
     assert len(run.shards) == 9 and run.shards == shard_files(out) and not run.failed_shards
-    assert [image for image, _ in run.failures] == [str(photos / "d2" / "broken.png")]
+    assert [image for image, _ in run.failures] == [str(photos / "sub2" / "broken.png")]
     assert without_rows(read_shards(out)) == without_rows(records)  # the same lines, in the same order
     images, shard_vectors = read_embeddings(out)
     assert images == [r["image"] for r in records if "predictions" in r]

@@ -9,9 +9,8 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 import levit_np
+from helpers import SMALL
 
-SMALL = dict(hidden_sizes=[32, 48, 64], num_attention_heads=[2, 3, 4], depths=[1, 1, 1], key_dim=[8, 8, 8],
-             image_size=64)
 KEY = "levit.encoder.stages.0.layers.0.module.queries_keys_values.linear.weight"
 
 

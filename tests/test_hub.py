@@ -21,11 +21,9 @@ import numpy as np
 import pytest
 
 import levit_np
-from helpers import RTOL, hf_forward, random_pixels, rel_err
+from helpers import RTOL, SMALL, hf_forward, random_pixels, rel_err
 from levit_np import hub
 
-SMALL = dict(hidden_sizes=[32, 48, 64], num_attention_heads=[2, 3, 4], depths=[1, 1, 1], key_dim=[8, 8, 8],
-             image_size=64)
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 PR_COMMIT = "fedcba9876543210fedcba9876543210fedcba98"
 

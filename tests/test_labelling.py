@@ -13,14 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tqdm
-from PIL import Image
 
 import levit_np
+from helpers import SMALL, write_photos
 from levit_np.cli import main
 from levit_np.labelling import EmbeddingsFile, JsonlOutput, read_embeddings, read_records
 
-SMALL = dict(hidden_sizes=[32, 48, 64], num_attention_heads=[2, 3, 4], depths=[1, 1, 1], key_dim=[8, 8, 8],
-             image_size=64)
 REPO = Path(__file__).resolve().parents[1]
 N_IMAGES = 40
 
@@ -33,14 +31,7 @@ def small(checkpoint):
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory):
     """A folder of N_IMAGES small images in subfolders, and one file that is no image."""
-    folder = tmp_path_factory.mktemp("photos")
-    rng = np.random.default_rng(0)
-    for i in range(N_IMAGES):
-        path = folder / f"sub{i % 3}" / f"img{i:03d}.png"
-        path.parent.mkdir(exist_ok=True)
-        Image.fromarray(rng.integers(0, 256, (60 + i % 5, 70, 3), dtype=np.uint8)).save(path)
-    (folder / "sub1" / "broken.jpg").write_text("this is no JPEG")
-    return folder
+    return write_photos(tmp_path_factory.mktemp("photos"), N_IMAGES, 0, "sub1/broken.jpg", b"this is no JPEG")
 
 
 def run(capsys, *argv):

@@ -10,12 +10,10 @@ from PIL import Image
 from transformers import LevitImageProcessorPil
 
 import levit_np
-from helpers import RTOL
+from helpers import RTOL, SMALL
 from levit_np import prediction as predict_module
 
 # A small model (64 px, 10 labels) so that each test runs in milliseconds; predict must follow its image_size.
-SMALL = dict(hidden_sizes=[32, 48, 64], num_attention_heads=[2, 3, 4], depths=[1, 1, 1], key_dim=[8, 8, 8],
-             image_size=64)
 NUM_LABELS = 10
 
 

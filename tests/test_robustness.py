@@ -27,12 +27,10 @@ from PIL import Image, ImageFile
 from transformers import LevitImageProcessorPil
 
 import levit_np
-from helpers import ALL_BACKENDS, RTOL
+from helpers import ALL_BACKENDS, RTOL, SMALL
 from levit_np import prediction as predict_module
 from levit_np.cli import main
 
-SMALL = dict(hidden_sizes=[32, 48, 64], num_attention_heads=[2, 3, 4], depths=[1, 1, 1], key_dim=[8, 8, 8],
-             image_size=64)
 NUM_LABELS = 10
 REPO = Path(__file__).resolve().parents[1]
 HF = LevitImageProcessorPil()  # 224 px, as levit_np.preprocess by default

@@ -9,10 +9,10 @@ import textwrap
 import numba
 import pytest
 
+from helpers import SMALL
+
 pytestmark = pytest.mark.skipif(numba.config.DISABLE_JIT, reason="no thread pool under NUMBA_DISABLE_JIT")
 
-SMALL = dict(hidden_sizes=[32, 48, 64], num_attention_heads=[2, 3, 4], depths=[1, 1, 1], key_dim=[8, 8, 8],
-             image_size=64)
 
 TWO_THREADS = textwrap.dedent("""
     import json, sys, threading
