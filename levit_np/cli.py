@@ -28,7 +28,7 @@ from .config import VARIANTS, LevitConfig, as_grid
 from .hub import DEFAULT_MODEL, RELEASED, fetch, resolve
 from .model import from_pretrained
 from .prediction import DEFAULT_BATCH_SIZE, load_model
-from .preprocessing import check_image, resize_box, resize_short_side
+from .preprocessing import check_image, resize_box, resize_short_side, shown
 
 PROG = "levit-np"
 
@@ -318,16 +318,6 @@ def format_predictions(image: str, predictions: list[tuple[str, float]], as_json
         return json.dumps({"image": image, "predictions": [{"label": label, "probability": p}
                                                            for label, p in predictions]}, allow_nan=False)
     return "\n".join([shown(image)] + [f"  {p:.4f}  {shown(label)}" for label, p in predictions])
-
-
-def shown(text: str) -> str:
-    """`text` as is, or as a Python string literal (repr) where printing it as is could be misread: a control
-    character (a newline would split the record), any other unprintable character (or one that cannot be encoded,
-    as an undecodable file name), leading or trailing whitespace, or a leading quote (so that a name printed raw
-    never looks like a literal)."""
-    if text.isprintable() and text == text.strip() and not text.startswith(("'", '"')):
-        return text
-    return repr(text)
 
 
 def image_files(folder: Path) -> list[str]:

@@ -37,9 +37,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .cli import shown
 from .model import Levit
 from .prediction import predict_batch
+from .preprocessing import shown
 
 
 @dataclass

@@ -221,6 +221,16 @@ def describe(image, index: int | None = None) -> str:
     return what if index is None else f"image {index} ({what})"
 
 
+def shown(text: str) -> str:
+    """`text` as is, or as a Python string literal (repr) where printing it as is could be misread: a control
+    character (a newline would split the record), any other unprintable character (or one that cannot be encoded,
+    as an undecodable file name), leading or trailing whitespace, or a leading quote (so that a name printed raw
+    never looks like a literal)."""
+    if text.isprintable() and text == text.strip() and not text.startswith(("'", '"')):
+        return text
+    return repr(text)
+
+
 def check_image(image, *, name: str | None = None) -> None:
     """Cheap checks before any decoding: the file exists, the array has the right dtype and shape."""
     name = name or describe(image)
