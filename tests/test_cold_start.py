@@ -110,6 +110,29 @@ def test_explicit_numba_compiles_the_stem_in_a_second_process(small, tmp_path, p
         assert cold["stem_compiled_here"] >= 1 and cold["stem_loaded"] == 0
 
 
+def test_a_failed_stem_worker_is_said_once(small, monkeypatch, caplog):
+    """Where compile_for's worker fails (here: it is sent a job it cannot read), the model says so once, with the
+    worker's error, and goes on (its forward pass then compiles the stem's kernels itself)."""
+    import levit_np
+    from levit_np import model as model_module
+    from levit_np.fast import compiled
+
+    model = levit_np.from_pretrained(small, backend="numba")
+    monkeypatch.setattr(compiled, "_cores", lambda: 2)
+    monkeypatch.setattr(numba, "get_num_threads", lambda: 2)
+    monkeypatch.setattr(compiled, "stem_job", lambda m: {"not": "a stem job"})
+    monkeypatch.setattr(compiled, "compile_all_but_stem", lambda m: None)  # this process's half: not under test
+    monkeypatch.setattr(compiled, "is_compiled", lambda dtype="float32": False)  # a cold cache, twice
+    monkeypatch.setattr(model_module, "_MARKED", set())
+    monkeypatch.setattr(model_module, "_SAID", set())
+    with caplog.at_level("WARNING", logger="levit_np"):
+        model._compile_if_cold()
+        model._compile_if_cold()
+    said = [r.getMessage() for r in caplog.records if "conv stem" in r.getMessage()]
+    assert len(said) == 1, said
+    assert "failed (exit status 1: KeyError: " in said[0] and "compiling those kernels here" in said[0]
+
+
 # Runs in a fresh process with an empty Numba cache: one half of compiled.compile_for for a LeViT whose stem packs
 # its last convs (hidden size 128: 32- to 128-channel convs, on every tile width); prints {function: [signatures]}
 # of the functions of ours that Numba compiled.

@@ -26,6 +26,7 @@ import os
 import pickle
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import llvmlite
@@ -96,24 +97,29 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
-def compile_for(model) -> int:
+def compile_for(model) -> tuple[int, str | None]:
     """Compile the numba kernels that `model` (a numba-backend `Levit`) calls, before its first forward pass: the
     conv stem's in a worker process (`compile_stem`) while this one compiles the rest (`compile_all_but_stem`), where
-    there are two cores, else all here. Returns the number of processes that compiled. The stem's kernels reach this
-    process through Numba's cache; where the worker could not start or failed, the forward pass compiles them."""
+    there are two cores, else all here. Returns (the number of processes that compiled, None or why the worker did
+    not help: it could not start, failed or timed out). The stem's kernels reach this process through Numba's cache;
+    where the worker did not compile them, the forward pass does, here (the same kernels, only later)."""
     if DISABLE_JIT:
-        return 0
-    worker = None
-    if _cores() >= 2 and numba.get_num_threads() >= 2 and os.environ.get(PARALLEL_ENV, "1") != "0":
-        try:
-            worker = subprocess.Popen([sys.executable, "-m", "levit_np.fast.compiled", "--stem"],
-                                      stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            worker.stdin.write(pickle.dumps(stem_job(model)))
-            worker.stdin.close()
-        except OSError:
-            worker = None
-    if worker is None:
-        return 1  # the forward pass compiles everything, here
+        return 0, None
+    if _cores() < 2 or numba.get_num_threads() < 2 or os.environ.get(PARALLEL_ENV, "1") == "0":
+        return 1, None  # one core (or switched off): the forward pass compiles everything, here, as asked
+    stderr = tempfile.TemporaryFile()  # the worker's, for the message if it fails
+    try:
+        worker = subprocess.Popen([sys.executable, "-m", "levit_np.fast.compiled", "--stem"],
+                                  stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=stderr)
+    except OSError as e:
+        stderr.close()
+        return 1, f"could not start the worker process that compiles the conv stem ({e})"
+    try:
+        worker.stdin.write(pickle.dumps(stem_job(model)))
+        worker.stdin.close()
+    except OSError:  # it died at once: its exit status and stderr say why, below
+        pass
+    timed_out = False
     try:
         compile_all_but_stem(model)
     finally:
@@ -122,7 +128,15 @@ def compile_for(model) -> int:
         except subprocess.TimeoutExpired:
             worker.kill()
             worker.wait()
-    return 2
+            timed_out = True
+    with stderr:
+        stderr.seek(0)
+        lines = stderr.read().decode(errors="replace").strip().splitlines()
+    if worker.returncode == 0:
+        return 2, None
+    why = (f"timed out after {STEM_WORKER_TIMEOUT} s" if timed_out else
+           f"failed (exit status {worker.returncode}{': ' + lines[-1] if lines else ''})")
+    return 1, f"the worker process that compiles the conv stem {why}"
 
 
 def stem_job(model) -> dict:
