@@ -302,7 +302,9 @@ def _conv_kernel(x, channels_first, matrix, panels, kernel_size, stride, padding
     KK = panels.shape[1] if packed else matrix.shape[0]  # k*k*Cin + 1
     out2 = out.reshape(B * Ho * Wo, Cout)  # (pixels, Cout)
     flat = out.reshape(B * Ho * Wo * Cout)  # the same memory, 1-D, for the element-wise epilogue
-    rows = max(1, min(CONV_TILE_PIXELS // Wo, -(-B * Ho // threads)))  # output rows per tile: enough tiles
+    # output rows per tile: enough tiles for every thread even at batch 1, and the same tiles whatever the batch size
+    # (the BLAS may round a tile of other height differently: a row of a batch must equal the image alone, bit for bit)
+    rows = max(1, min(CONV_TILE_PIXELS // Wo, -(-Ho // threads)))
     blocks = -(-Ho // rows)  # tiles per image
     for t in prange(B * blocks):
         b, oy0 = t // blocks, (t % blocks) * rows
