@@ -212,7 +212,7 @@ class Levit:
         if self.dtype.name not in _MARKED and not compiled.is_compiled(self.dtype.name):
             _say_once(f"foreground-{self.dtype.name}", f"compiling the numba kernels ({self.dtype.name}) for this CPU "
                       f"(once: later runs load them from {compiled.cache_dir()})...")
-            _, problem = compiled.compile_for(self)
+            problem = compiled.compile_for(self)
             if problem:
                 _say_once(f"worker-{self.dtype.name}", f"{problem}; compiling those kernels here instead (slower, "
                           "the same results)")

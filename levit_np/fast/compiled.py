@@ -97,23 +97,23 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
-def compile_for(model) -> tuple[int, str | None]:
+def compile_for(model) -> str | None:
     """Compile the numba kernels that `model` (a numba-backend `Levit`) calls, before its first forward pass: the
     conv stem's in a worker process (`compile_stem`) while this one compiles the rest (`compile_all_but_stem`), where
-    there are two cores, else all here. Returns (the number of processes that compiled, None or why the worker did
-    not help: it could not start, failed or timed out). The stem's kernels reach this process through Numba's cache;
+    there are two cores, else all here. Returns None, or why the worker did not help (it could not start, failed
+    or timed out). The stem's kernels reach this process through Numba's cache;
     where the worker did not compile them, the forward pass does, here (the same kernels, only later)."""
     if DISABLE_JIT:
-        return 0, None
+        return None
     if _cores() < 2 or numba.get_num_threads() < 2 or os.environ.get(PARALLEL_ENV, "1") == "0":
-        return 1, None  # one core (or switched off): the forward pass compiles everything, here, as asked
+        return None  # one core (or switched off): the forward pass compiles everything, here, as asked
     stderr = tempfile.TemporaryFile()  # the worker's, for the message if it fails
     try:
         worker = subprocess.Popen([sys.executable, "-m", "levit_np.fast.compiled", "--stem"],
                                   stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=stderr)
     except OSError as e:
         stderr.close()
-        return 1, f"could not start the worker process that compiles the conv stem ({e})"
+        return f"could not start the worker process that compiles the conv stem ({e})"
     try:
         worker.stdin.write(pickle.dumps(stem_job(model)))
         worker.stdin.close()
@@ -133,10 +133,10 @@ def compile_for(model) -> tuple[int, str | None]:
         stderr.seek(0)
         lines = stderr.read().decode(errors="replace").strip().splitlines()
     if worker.returncode == 0:
-        return 2, None
+        return None
     why = (f"timed out after {STEM_WORKER_TIMEOUT} s" if timed_out else
            f"failed (exit status {worker.returncode}{': ' + lines[-1] if lines else ''})")
-    return 1, f"the worker process that compiles the conv stem {why}"
+    return f"the worker process that compiles the conv stem {why}"
 
 
 def stem_job(model) -> dict:
