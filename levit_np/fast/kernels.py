@@ -31,6 +31,10 @@ from .weights import PANEL, Panels
 TILE_ROWS = (64, 256)
 X_CHUNK_BYTES = 1 << 18  # x rows per micro-kernel task: at most this many bytes (they stay in L2 while panels pass)
 CONV_TILE_PIXELS = 256  # output pixels per conv tile, so that its im2col stays in L2
+# ... and at least this many tiles per image, so that one image keeps several threads busy. Neither depends on the
+# batch size or the thread count: the BLAS may round a tile of another height differently, and a row of a batch must
+# equal the image alone, on 1 thread or 2, bit for bit
+CONV_TILES_PER_IMAGE = 8
 STEM_CHUNK = 4  # images per pass through the conv stem, so that their activations stay in L3
 WORK_ARRAY_MAX_BYTES = 1 << 28  # a work array larger than this is allocated afresh on each call rather than kept
 
@@ -289,7 +293,7 @@ def _im2col_transposed(x, b, oy0, oy1, kernel_size, stride, padding, cols):
 
 
 @kernel(parallel=True)
-def _conv_kernel(x, channels_first, matrix, panels, kernel_size, stride, padding, activate, out, threads):
+def _conv_kernel(x, channels_first, matrix, panels, kernel_size, stride, padding, activate, out):
     # twin of layers.conv_bn [+ layers.hardswish]: out (B, Ho, Wo, Cout) = act(conv(x) + bias), x (B, Cin, H, W)
     # if channels_first else (B, H, W, Cin). The weight, in (ky, kx, cin) order with the bias as its last row, is
     # either panels (P, k*k*Cin + 1, PANEL) for the micro-kernel (float32, channels-last), or, if panels is empty,
@@ -302,9 +306,7 @@ def _conv_kernel(x, channels_first, matrix, panels, kernel_size, stride, padding
     KK = panels.shape[1] if packed else matrix.shape[0]  # k*k*Cin + 1
     out2 = out.reshape(B * Ho * Wo, Cout)  # (pixels, Cout)
     flat = out.reshape(B * Ho * Wo * Cout)  # the same memory, 1-D, for the element-wise epilogue
-    # output rows per tile: enough tiles for every thread even at batch 1, and the same tiles whatever the batch size
-    # (the BLAS may round a tile of other height differently: a row of a batch must equal the image alone, bit for bit)
-    rows = max(1, min(CONV_TILE_PIXELS // Wo, -(-Ho // threads)))
+    rows = max(1, min(CONV_TILE_PIXELS // Wo, -(-Ho // CONV_TILES_PER_IMAGE)))  # output rows per tile
     blocks = -(-Ho // rows)  # tiles per image
     for t in prange(B * blocks):
         b, oy0 = t // blocks, (t % blocks) * rows
@@ -346,8 +348,7 @@ def conv_bn(x, weight, kernel_size, *, stride, padding, activate, channels_first
         matrix, panels = np.empty((0, 0), x.dtype), weight.data
     else:
         matrix, panels = weight, np.empty((0, 0, 0), x.dtype)
-    _conv_kernel(x, channels_first, matrix, panels, kernel_size, stride, padding, activate, out,
-                 numba.get_num_threads())
+    _conv_kernel(x, channels_first, matrix, panels, kernel_size, stride, padding, activate, out)
     return out
 
 
