@@ -48,12 +48,12 @@ CHILD = textwrap.dedent("""
         second_backend = model.backend
     err = lambda a: float(np.abs(a - ref).max() / max(1.0, np.abs(ref).max()))
     # the conv stem's kernel: compiled in this process (a cache miss) or by another one (loaded: a cache hit)
-    stem = kernels._conv_kernel.stats
+    stem, attention = kernels._conv_kernel.dispatcher.stats, kernels._attention_kernel.dispatcher.stats
     print(json.dumps(dict(first_backend=first_backend, second_backend=second_backend, first_err=err(first),
                           second_err=err(second), compilations=len(rec.buffer), cache_dir=str(compiled.cache_dir()),
                           warm=compiled.is_compiled("float32"), stem_compiled_here=sum(stem.cache_misses.values()),
                           stem_loaded=sum(stem.cache_hits.values()),
-                          attention_compiled_here=sum(kernels._attention_kernel.stats.cache_misses.values()))))
+                          attention_compiled_here=sum(attention.cache_misses.values()))))
 """)
 
 
@@ -231,8 +231,8 @@ def test_an_edit_to_any_fast_path_source_is_a_fresh_compile(tmp_path):
     llvm_ir.py) must give every kernel new cache files and a new compiled-marker, never a stale cached kernel."""
     package = Path(__file__).resolve().parents[1] / "levit_np"
     probe = ("import json, levit_np; from levit_np.fast import compiled, kernels; "
-             "print(json.dumps([levit_np.__file__, kernels._conv_kernel._cache._cache_file._index_name, "
-             "kernels._attention_kernel._cache._cache_file._index_name, compiled.cache_key()]))")
+             "print(json.dumps([levit_np.__file__, kernels._conv_kernel.dispatcher._cache._cache_file._index_name, "
+             "kernels._attention_kernel.dispatcher._cache._cache_file._index_name, compiled.cache_key()]))")
 
     def names(root):
         env = {**os.environ, "PYTHONPATH": str(root), "NUMBA_CACHE_DIR": str(tmp_path / "cache")}

@@ -17,6 +17,7 @@ from levit_np import layers
 from levit_np.checkpoint import load_checkpoint
 from levit_np.config import Layer
 from levit_np.fast import blas, kernels, llvm_ir, weights
+from levit_np.fast.tiles import Tiles
 
 JIT = not numba.config.DISABLE_JIT
 DTYPES = [np.float32, np.float64]
@@ -317,8 +318,10 @@ def test_whole_model_matches_numpy_backend(tiny, dtype):
 @pytest.mark.skipif(not JIT, reason="compiles nothing under NUMBA_DISABLE_JIT")
 def test_batch_sizes_share_one_compilation(tiny):
     model = levit_np.from_pretrained(tiny, backend="numba")
-    dispatchers = [v for module in (kernels, blas, llvm_ir) for v in vars(module).values()
-                   if isinstance(v, numba.core.registry.CPUDispatcher)]
+    found = [v for module in (kernels, blas, llvm_ir) for v in vars(module).values()]
+    dispatchers = [d for v in found for d in ((v.dispatcher, v.launcher) if isinstance(v, Tiles) else (v,))
+                   if isinstance(d, numba.core.registry.CPUDispatcher)]
+    assert sum(isinstance(v, Tiles) for v in found) == 5  # the add, two dense, conv and attention kernels
     model(Rand(np.float32)(1, 3, 48, 48))
     before = {d: len(d.signatures) for d in dispatchers}
     for batch in (2, 7, 33):

@@ -152,7 +152,7 @@ for M, K, N in [(1, 9, 3), (13, 20, 40), (300, 600, 70), (7, 5, 130)]:  # ragged
     p, xs = r.linear_bn(K, N), r(M, K)
     errors[f"linear {M}x{K}x{N}"] = err(kernels.linear_bn(xs, **weights.fold_linear(**p), activate=True),
                                         layers.hardswish(layers.linear_bn(xs, **p)))
-asm = "".join(kernels._dense_packed_kernel.inspect_asm().values())
+asm = "".join(kernels._dense_packed_kernel.dispatcher.inspect_asm().values())
 t = target.TILE
 print(json.dumps({"cpu": target.CPU, "tile": [t.rows, t.lanes, t.vectors_per_row, t.fma], "errors": errors,
                   "zmm": "%zmm" in asm, "ymm fma": bool(__import__("re").search(r"vfmadd\d+ps\s.*%ymm", asm))}))

@@ -5,6 +5,7 @@
     llvm_ir.py   hand-written LLVM IR: the float32 GEMM micro-kernel, a vectorisable max and 2^n
     weights.py   load time, plain NumPy: BatchNorm folding, panel packing, bias gathering
     kernels.py   the dense, conv and attention kernels, each behind its documented twin
+    tiles.py     how a kernel runs: its tile function compiled once, run on all threads by a prange launcher
     threads.py   the threading layer (TBB preferred), and use from several threads or forked processes
 """
 

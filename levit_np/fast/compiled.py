@@ -10,8 +10,8 @@ Numba compiles on one core, so `compile_for` splits the work where there is a se
 compiles the conv stem's kernels (`patch_embeddings` on the model's own stem weights) while this process compiles
 everything else (the forward pass with a stand-in stem); the forward pass then loads the stem's kernels from the
 cache. The two halves share no function that they would compile with different signatures (both call
-`kernels._panel_product` and `blas._check_blas_sizes` with the same types), so their writes to Numba's per-function
-cache index never race.
+`kernels._panel_product` and `blas._check_blas_sizes` with the same types; every kernel's tile function and
+launcher belong to one half), so their writes to Numba's per-function cache index never race.
 
     python -m levit_np.fast.compiled float32 float64     # what `levit-np compile` and the background compile run
     python -m levit_np.fast.compiled --stem               # compile_for's worker: reads its job on stdin
@@ -46,7 +46,7 @@ STEM_WORKER_TIMEOUT = 600  # seconds compile_for waits for its worker before goi
 
 def cache_dir() -> Path:
     """Where Numba keeps the compiled kernels (and we keep the markers)."""
-    return Path(kernels._conv_kernel._cache._cache_path)
+    return Path(kernels._conv_kernel.dispatcher._cache._cache_path)
 
 
 @functools.cache

@@ -32,9 +32,10 @@ def _named_for_its_sources(fn):
 FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
 
 
-def kernel(parallel: bool = False):
-    """@njit for a kernel: cached on disk, compiled once per dtype (never per shape), with FASTMATH."""
-    decorate = numba.njit(cache=True, fastmath=FASTMATH, parallel=parallel)
+def kernel(parallel: bool = False, nogil: bool = False):
+    """@njit for a kernel's tile function (`tiles.py`) or launcher: cached on disk, compiled once per dtype (never
+    per shape), with FASTMATH."""
+    decorate = numba.njit(cache=True, fastmath=FASTMATH, parallel=parallel, nogil=nogil)
     return lambda fn: decorate(_named_for_its_sources(fn))
 
 

@@ -1,10 +1,12 @@
 """The Numba kernels of the fast path, each behind the documented twin of a `layers.py` function it replaces.
 
-One thread pool does all the work. Every kernel is a `prange` loop over independent tiles (row chunks x weight
-panels of a dense layer, output rows of a conv, (image, head) pairs of an attention), each finished while it is
-still in cache: bias, Hardswish, im2col, softmax. The weights arrive in the form `weights.prepare` gives them:
-BatchNorm folded in, float32 weights packed into `Panels` for the micro-kernel (`llvm_ir.micro_gemm`), float64
-ones as plain (K, N) matrices for the BLAS (`blas.gemm`), which also does the attention products and the first conv.
+One thread pool does all the work. Every kernel is a tile function (`tiles.py`): serial code for one of the
+independent tiles its output splits into (row chunks x weight panels of a dense layer, output rows of a conv,
+(image, head) pairs of an attention), each finished while it is still in cache: bias, Hardswish, im2col, softmax.
+The Python function that calls it picks the tiling and runs the tiles on all threads. The weights arrive in the
+form `weights.prepare` gives them: BatchNorm folded in, float32 weights packed into `Panels` for the micro-kernel
+(`llvm_ir.micro_gemm`), float64 ones as plain (K, N) matrices for the BLAS (`blas.gemm`), which also does the
+attention products and the first conv.
 
 Kernels are compiled per dtype (float32 / float64), never per shape: batch sizes 1..256 share one compilation.
 Inner loops run over 1-D views, which LLVM vectorises. Shapes: B batch, N tokens, C channels, H heads, kd key dim,
@@ -18,12 +20,12 @@ import threading
 
 import numba
 import numpy as np
-from numba import prange
 
 from ..config import as_grid
 from .blas import gemm, one_blas_thread
-from .jit import helper, kernel
+from .jit import helper
 from .llvm_ir import MICRO_ROWS, clamp, fast_max, micro_gemm, pow2
+from .tiles import tiles
 from .weights import PANEL, Panels
 
 # Rows per BLAS tile of a dense layer: at most 256 (the tile stays in L2 for its epilogue); at least 64, below which
@@ -36,6 +38,7 @@ CONV_TILE_PIXELS = 256  # output pixels per conv tile, so that its im2col stays 
 # equal the image alone, on 1 thread or 2, bit for bit
 CONV_TILES_PER_IMAGE = 8
 STEM_CHUNK = 4  # images per pass through the conv stem, so that their activations stay in L3
+ADD_TILE_ROWS = 16  # rows per tile of the residual add
 WORK_ARRAY_MAX_BYTES = 1 << 28  # a work array larger than this is allocated afresh on each call rather than kept
 
 
@@ -107,25 +110,26 @@ def _bias_act(y, bias, activate):
             y[c] += bias[c]
 
 
-@kernel(parallel=True)
-def _add_kernel(x, out):
-    # out (M, C) += x (M, C), rows in parallel
-    for r in prange(x.shape[0]):
+@tiles
+def _add_kernel(t, x, out):
+    # tile t: out (M, C) += x (M, C) on rows t*ADD_TILE_ROWS ...
+    for r in range(t * ADD_TILE_ROWS, min(x.shape[0], (t + 1) * ADD_TILE_ROWS)):
         xr, o = x[r], out[r]  # (C,), (C,)
         for c in range(o.size):
             o[c] += xr[c]
+    return True
 
 
 def add(x, branch):
     """Twin of layers.add, the residual connection x + branch, written into `branch` (a layer's fresh output) by all
     threads: (B, N, C)."""
-    _add_kernel(x.reshape(-1, x.shape[-1]), branch.reshape(-1, branch.shape[-1]))
+    x2, out = x.reshape(-1, x.shape[-1]), branch.reshape(-1, branch.shape[-1])  # (M, C), (M, C)
+    _add_kernel(-(-x2.shape[0] // ADD_TILE_ROWS), x2, out)
     return branch
 
 
 # --- dense layers: tiled GEMM + epilogue --------------------------------------------------------------------------
 
-@helper(inline=False)
 def _blas_tiles(M, N, threads):
     # split an (M, N) GEMM output into (row tiles, column tiles): rows in TILE_ROWS, at least one tile per thread
     lo, hi = TILE_ROWS
@@ -137,21 +141,27 @@ def _blas_tiles(M, N, threads):
     return mt, max(-(-threads // mt), -(-N // 64))
 
 
-@kernel(parallel=True)
-def _dense_blas_kernel(x, weight, bias, activate, out, threads):
-    # out (M, N) = act(x (M, K) @ weight (K, N) + bias (N,)); tile by tile: one BLAS call, then bias/act in cache
+@tiles
+def _dense_blas_kernel(t, x, weight, bias, activate, out, nt, rows, cols):
+    # tile t of out (M, N) = act(x (M, K) @ weight (K, N) + bias (N,)), the output split into tiles of (rows, cols),
+    # nt across: one BLAS call, then bias/act while the tile is in cache
     M, N = out.shape
+    r0, c0 = (t // nt) * rows, (t % nt) * cols
+    r1, c1 = min(M, r0 + rows), min(N, c0 + cols)
+    if r0 < r1 and c0 < c1:
+        gemm(x[r0:r1], weight[:, c0:c1], out[r0:r1, c0:c1], False, False)  # (r, K) @ (K, c) -> (r, c)
+        for r in range(r0, r1):
+            _bias_act(out[r, c0:c1], bias[c0:c1], activate)  # (c,)
+    return True
+
+
+def dense_blas(x, weight, bias, activate, out):
+    """out (M, N) = act(x (M, K) @ weight (K, N) + bias (N,)) on all threads, one BLAS call per tile."""
+    (M, N), threads = out.shape, numba.get_num_threads()
     mt, nt = _blas_tiles(M, N, threads)
     rows = -(-M // mt)  # ceil(M / mt)
     cols = -(-N // (16 * nt)) * 16  # ceil(N / nt), rounded up to whole AVX-512 vectors
-    for t in prange(mt * nt):
-        r0, c0 = (t // nt) * rows, (t % nt) * cols
-        r1, c1 = min(M, r0 + rows), min(N, c0 + cols)
-        if r0 >= r1 or c0 >= c1:
-            continue
-        gemm(x[r0:r1], weight[:, c0:c1], out[r0:r1, c0:c1], False, False)  # (r, K) @ (K, c) -> (r, c)
-        for r in range(r0, r1):
-            _bias_act(out[r, c0:c1], bias[c0:c1], activate)  # (c,) while the tile is in cache
+    _dense_blas_kernel(mt * nt, x, weight, bias, activate, out, nt, rows, cols)
 
 
 @helper(inline=False)
@@ -190,26 +200,32 @@ def _panel_product(x, panel, out, c0, bias, activate):
                 _bias_act(out[r, c0:c0 + cols], None, activate)
 
 
-@kernel(parallel=True)
-def _dense_packed_kernel(x, panels, bias, activate, out, threads):
-    # out (M, N) = act(x (M, K) @ weight + bias (N,)), float32, the weight packed as panels (P, K, PANEL).
-    # One task = a chunk of x rows (<= X_CHUNK_BYTES, kept in L2) times one panel; the tasks of one chunk are
-    # adjacent, so that each thread keeps its x rows in cache while the panels stream past.
+@tiles
+def _dense_packed_kernel(t, x, panels, bias, activate, out, rows):
+    # tile t of out (M, N) = act(x (M, K) @ weight + bias (N,)), float32, the weight packed as panels (P, K, PANEL):
+    # x rows (t // P) * rows ... times panel t % P
     M, N = out.shape
-    P, K, _ = panels.shape
+    P = panels.shape[0]
+    r0, c0 = (t // P) * rows, (t % P) * PANEL
+    r1, c1 = min(M, r0 + rows), min(N, c0 + PANEL)
+    if r0 < r1:
+        _panel_product(x[r0:r1], panels[t % P], out[r0:r1], c0, bias[c0:c1], activate)
+    return True
+
+
+def dense_packed(x, panels, bias, activate, out):
+    """out (M, N) = act(x (M, K) @ weight + bias (N,)) on all threads, float32, the weight packed as panels
+    (P, K, PANEL). One tile = a chunk of x rows (<= X_CHUNK_BYTES, kept in L2) times one panel; the tiles of one
+    chunk are adjacent, so that each thread keeps its x rows in cache while the panels stream past."""
+    (M, _), (P, K, _), threads = out.shape, panels.shape, numba.get_num_threads()
     blocks = -(-M // MICRO_ROWS)  # micro-tiles down the rows
     chunks = -(-blocks * MICRO_ROWS * K * x.itemsize // X_CHUNK_BYTES)  # chunks of x that fit in L2 ...
-    chunks = max(chunks, -(-2 * threads // P))  # ... and at least 2 tasks per thread
-    while (chunks * P) % threads and chunks < blocks:  # whole rounds of tasks: static scheduling, balanced
+    chunks = max(chunks, -(-2 * threads // P))  # ... and at least 2 tiles per thread
+    while (chunks * P) % threads and chunks < blocks:  # whole rounds of tiles: static scheduling, balanced
         chunks += 1
     chunks = min(chunks, blocks)
     rows = -(-blocks // chunks) * MICRO_ROWS  # equal chunks (the last one may be shorter, or empty)
-    for t in prange(chunks * P):
-        r0, c0 = (t // P) * rows, (t % P) * PANEL
-        r1, c1 = min(M, r0 + rows), min(N, c0 + PANEL)
-        if r0 >= r1:
-            continue
-        _panel_product(x[r0:r1], panels[t % P], out[r0:r1], c0, bias[c0:c1], activate)
+    _dense_packed_kernel(chunks * P, x, panels, bias, activate, out, rows)
 
 
 def linear_bn(x, weight, bias, activate=False, work=None):
@@ -220,9 +236,9 @@ def linear_bn(x, weight, bias, activate=False, work=None):
     shape = (x2.shape[0], bias.shape[0])  # (M, N)
     out = np.empty(shape, x.dtype) if work is None else work_array(work, shape, x.dtype)
     if isinstance(weight, Panels):
-        _dense_packed_kernel(x2, weight.data, bias, activate, out, numba.get_num_threads())
+        dense_packed(x2, weight.data, bias, activate, out)
     else:
-        _dense_blas_kernel(x2, weight, bias, activate, out, numba.get_num_threads())
+        dense_blas(x2, weight, bias, activate, out)
     return out.reshape(*x.shape[:-1], out.shape[-1])
 
 
@@ -292,43 +308,40 @@ def _im2col_transposed(x, b, oy0, oy1, kernel_size, stride, padding, cols):
         ones[p] = 1
 
 
-@kernel(parallel=True)
-def _conv_kernel(x, channels_first, matrix, panels, kernel_size, stride, padding, activate, out):
-    # twin of layers.conv_bn [+ layers.hardswish]: out (B, Ho, Wo, Cout) = act(conv(x) + bias), x (B, Cin, H, W)
-    # if channels_first else (B, H, W, Cin). The weight, in (ky, kx, cin) order with the bias as its last row, is
-    # either panels (P, k*k*Cin + 1, PANEL) for the micro-kernel (float32, channels-last), or, if panels is empty,
-    # the matrix (k*k*Cin + 1, Cout) for the BLAS. One tile = a block of output rows of one image: its im2col, the
-    # GEMM, then Hardswish over the output tile while it is in cache.
+@tiles
+def _conv_kernel(t, x, channels_first, matrix, panels, kernel_size, stride, padding, activate, out, rows):
+    # tile t of the twin of layers.conv_bn [+ layers.hardswish]: out (B, Ho, Wo, Cout) = act(conv(x) + bias), x
+    # (B, Cin, H, W) if channels_first else (B, H, W, Cin). The weight, in (ky, kx, cin) order with the bias as its
+    # last row, is either panels (P, k*k*Cin + 1, PANEL) for the micro-kernel (float32, channels-last), or, if panels
+    # is empty, the matrix (k*k*Cin + 1, Cout) for the BLAS. One tile = `rows` output rows of one image: their
+    # im2col, the GEMM, then Hardswish over the output tile while it is in cache.
     B = x.shape[0]
     _, Ho, Wo, Cout = out.shape
     packed = panels.shape[0] > 0
-    no_bias = np.empty(0, x.dtype)  # (the bias is the weight's last row)
     KK = panels.shape[1] if packed else matrix.shape[0]  # k*k*Cin + 1
     out2 = out.reshape(B * Ho * Wo, Cout)  # (pixels, Cout)
-    flat = out.reshape(B * Ho * Wo * Cout)  # the same memory, 1-D, for the element-wise epilogue
-    rows = max(1, min(CONV_TILE_PIXELS // Wo, -(-Ho // CONV_TILES_PER_IMAGE)))  # output rows per tile
     blocks = -(-Ho // rows)  # tiles per image
-    for t in prange(B * blocks):
-        b, oy0 = t // blocks, (t % blocks) * rows
-        oy1 = min(Ho, oy0 + rows)
-        p0, p1 = (b * Ho + oy0) * Wo, (b * Ho + oy1) * Wo
-        if channels_first:
-            cols_t = np.zeros((KK, p1 - p0), x.dtype)  # (k*k*Cin + 1, tile pixels)
-            _im2col_transposed(x, b, oy0, oy1, kernel_size, stride, padding, cols_t)
-            gemm(cols_t, matrix, out2[p0:p1], True, False)  # (k*k*Cin+1, pixels)ᵀ @ (k*k*Cin+1, Cout)
+    b, oy0 = t // blocks, (t % blocks) * rows
+    oy1 = min(Ho, oy0 + rows)
+    p0, p1 = (b * Ho + oy0) * Wo, (b * Ho + oy1) * Wo
+    if channels_first:
+        cols_t = np.zeros((KK, p1 - p0), x.dtype)  # (k*k*Cin + 1, tile pixels)
+        _im2col_transposed(x, b, oy0, oy1, kernel_size, stride, padding, cols_t)
+        gemm(cols_t, matrix, out2[p0:p1], True, False)  # (k*k*Cin+1, pixels)ᵀ @ (k*k*Cin+1, Cout)
+    else:
+        cols = np.zeros((p1 - p0, KK), x.dtype)  # (tile pixels, k*k*Cin + 1)
+        _im2col(x, b, oy0, oy1, kernel_size, stride, padding, cols)
+        if packed:  # (pixels, k*k*Cin+1) @ (k*k*Cin+1, PANEL), panel by panel, Hardswish micro-tile by tile
+            no_bias = np.empty(0, x.dtype)  # (the bias is the weight's last row)
+            for p in range(panels.shape[0]):
+                _panel_product(cols, panels[p], out2[p0:p1], p * PANEL, no_bias, activate)
         else:
-            cols = np.zeros((p1 - p0, KK), x.dtype)  # (tile pixels, k*k*Cin + 1)
-            _im2col(x, b, oy0, oy1, kernel_size, stride, padding, cols)
-            if packed:  # (pixels, k*k*Cin+1) @ (k*k*Cin+1, PANEL), panel by panel, Hardswish micro-tile by tile
-                for p in range(panels.shape[0]):
-                    c0 = p * PANEL
-                    _panel_product(cols, panels[p], out2[p0:p1], c0, no_bias, activate)
-            else:
-                gemm(cols, matrix, out2[p0:p1], False, False)  # (pixels, k*k*Cin+1) @ (k*k*Cin+1, Cout)
-        if activate and not packed:
-            tile = flat[p0 * Cout:p1 * Cout]  # (pixels * Cout,)
-            for i in range(tile.size):
-                tile[i] = _hardswish(tile[i])
+            gemm(cols, matrix, out2[p0:p1], False, False)  # (pixels, k*k*Cin+1) @ (k*k*Cin+1, Cout)
+    if activate and not packed:
+        tile = out.reshape(B * Ho * Wo * Cout)[p0 * Cout:p1 * Cout]  # (pixels * Cout,), the tile's output, flat
+        for i in range(tile.size):
+            tile[i] = _hardswish(tile[i])
+    return True
 
 
 def _conv_output_shape(x, weight, kernel_size, stride, padding, channels_first):
@@ -348,7 +361,10 @@ def conv_bn(x, weight, kernel_size, *, stride, padding, activate, channels_first
         matrix, panels = np.empty((0, 0), x.dtype), weight.data
     else:
         matrix, panels = weight, np.empty((0, 0, 0), x.dtype)
-    _conv_kernel(x, channels_first, matrix, panels, kernel_size, stride, padding, activate, out)
+    B, Ho, Wo, _ = out.shape
+    rows = max(1, min(CONV_TILE_PIXELS // Wo, -(-Ho // CONV_TILES_PER_IMAGE)))  # output rows per tile
+    _conv_kernel(B * -(-Ho // rows), x, channels_first, matrix, panels, kernel_size, stride, padding, activate, out,
+                 rows)
     return out
 
 
@@ -413,23 +429,22 @@ def _attend(q, k, v, bias, scale, scores, out, e0, normalise):
             o[e] = _hardswish(o[e] * inv[i])
 
 
-@kernel(parallel=True)
-def _attention_kernel(queries, q_width, keys_values, kv_width, k_offset, v_offset, key_dim, attention_biases, scale,
-                      out, probs, output_attentions):
-    # Both attentions, one (image, head) per task. Head h's columns: q = queries[b, :, h*q_width:][:kd],
+@tiles
+def _attention_kernel(t, queries, q_width, keys_values, kv_width, k_offset, v_offset, key_dim, attention_biases,
+                      scale, out, probs, output_attentions):
+    # Both attentions; tile t = (image b, head h) = divmod(t, H). Head h's columns: q = queries[b, :, h*q_width:][:kd],
     # k = keys_values[b, :, h*kv_width + k_offset:][:kd], v = keys_values[b, :, h*kv_width + v_offset:][:vd];
     # attention_biases (H, Nq, Nk) -> out (B, Nq, H*vd) head-major, Hardswish applied; probs (B, H, Nq, Nk) when
     # output_attentions. Self-attention passes qkv as both queries and keys_values.
-    B, Nq, _ = queries.shape
-    Nk = keys_values.shape[1]
+    Nq, Nk = queries.shape[1], keys_values.shape[1]
     H, kd = attention_biases.shape[0], key_dim
     vd = out.shape[2] // H
-    for t in prange(B * H):
-        b, h = t // H, t % H
-        q0, k0, v0 = h * q_width, h * kv_width + k_offset, h * kv_width + v_offset
-        scores = probs[b, h] if output_attentions else np.empty((Nq, Nk), queries.dtype)  # (Nq, Nk)
-        _attend(queries[b, :, q0:q0 + kd], keys_values[b, :, k0:k0 + kd], keys_values[b, :, v0:v0 + vd],
-                attention_biases[h], scale, scores, out[b], h * vd, output_attentions)
+    b, h = t // H, t % H
+    q0, k0, v0 = h * q_width, h * kv_width + k_offset, h * kv_width + v_offset
+    scores = probs[b, h] if output_attentions else np.empty((Nq, Nk), queries.dtype)  # (Nq, Nk)
+    _attend(queries[b, :, q0:q0 + kd], keys_values[b, :, k0:k0 + kd], keys_values[b, :, v0:v0 + vd],
+            attention_biases[h], scale, scores, out[b], h * vd, output_attentions)
+    return True
 
 
 def _attend_heads(queries, q_width, keys_values, kv_width, k_offset, v_offset, attention_biases, projection, *,
@@ -439,7 +454,7 @@ def _attend_heads(queries, q_width, keys_values, kv_width, k_offset, v_offset, a
     H, Nk = attention_biases.shape[0], keys_values.shape[1]
     out = work_array("heads", (B, Nq, H * value_dim), queries.dtype)  # (B, Nq, H*vd)
     probs = np.empty((B, H, Nq, Nk) if output_attentions else (1, 1, 1, 1), queries.dtype)
-    _attention_kernel(queries, q_width, keys_values, kv_width, k_offset, v_offset, key_dim, attention_biases,
+    _attention_kernel(B * H, queries, q_width, keys_values, kv_width, k_offset, v_offset, key_dim, attention_biases,
                       queries.dtype.type(key_dim ** -0.5), out, probs, output_attentions)
     return linear_bn(out, **projection), probs if output_attentions else None  # (B, Nq, H*vd) -> (B, Nq, C')
 
