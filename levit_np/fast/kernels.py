@@ -38,7 +38,7 @@ CONV_TILE_PIXELS = 256  # output pixels per conv tile, so that its im2col stays 
 # equal the image alone, on 1 thread or 2, bit for bit
 CONV_TILES_PER_IMAGE = 8
 STEM_CHUNK = 4  # images per pass through the conv stem, so that their activations stay in L3
-ADD_TILE_ROWS = 16  # rows per tile of the residual add
+ADD_TILES = 16  # tiles of the residual add, at most (each a whole number of rows; a tile costs a call)
 WORK_ARRAY_MAX_BYTES = 1 << 28  # a work array larger than this is allocated afresh on each call rather than kept
 
 
@@ -111,9 +111,9 @@ def _bias_act(y, bias, activate):
 
 
 @tiles
-def _add_kernel(t, x, out):
-    # tile t: out (M, C) += x (M, C) on rows t*ADD_TILE_ROWS ...
-    for r in range(t * ADD_TILE_ROWS, min(x.shape[0], (t + 1) * ADD_TILE_ROWS)):
+def _add_kernel(t, x, out, rows):
+    # tile t: out (M, C) += x (M, C) on rows t*rows ...
+    for r in range(t * rows, min(x.shape[0], (t + 1) * rows)):
         xr, o = x[r], out[r]  # (C,), (C,)
         for c in range(o.size):
             o[c] += xr[c]
@@ -124,7 +124,8 @@ def add(x, branch):
     """Twin of layers.add, the residual connection x + branch, written into `branch` (a layer's fresh output) by all
     threads: (B, N, C)."""
     x2, out = x.reshape(-1, x.shape[-1]), branch.reshape(-1, branch.shape[-1])  # (M, C), (M, C)
-    _add_kernel(-(-x2.shape[0] // ADD_TILE_ROWS), x2, out)
+    rows = -(-x2.shape[0] // ADD_TILES)  # rows per tile
+    _add_kernel(-(-x2.shape[0] // rows), x2, out, rows)
     return branch
 
 

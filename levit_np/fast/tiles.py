@@ -45,6 +45,17 @@ def _fingerprint_of(typingctx, args):
     return types.int64(args), lambda context, builder, sig, llargs: context.get_constant(types.int64, value)
 
 
+def _borrowed(context, builder, ty, value):
+    # an array argument without its memory-info pointer, as a prange body gets it: the tile's views of it then take
+    # and drop no references (with it, every view is two atomic operations on one counter that all threads share).
+    # The caller holds the arrays for the whole launch
+    if not isinstance(ty, types.Array):
+        return value
+    array = context.make_array(ty)(context, builder, value)
+    array.meminfo = context.get_constant_null(types.MemInfoPointer(ty.dtype))
+    return array._getvalue()
+
+
 @intrinsic
 def _call_tile(typingctx, address, t, args):
     # address(t, *args) -> bool: call the C wrapper of a tile function compiled for (int64, *types of args). Numba's
@@ -55,7 +66,7 @@ def _call_tile(typingctx, address, t, args):
         arg_types = (types.int64, *args.types)
         fnty = ir.FunctionType(context.get_value_type(types.boolean), [context.get_value_type(a) for a in arg_types])
         fn = builder.inttoptr(fn_address, fnty.as_pointer())
-        values = [builder.extract_value(packed, i) for i in range(len(args.types))]
+        values = [_borrowed(context, builder, ty, builder.extract_value(packed, i)) for i, ty in enumerate(args.types)]
         return builder.call(fn, [context.cast(builder, index, t, types.int64), *values])
     return types.boolean(address, t, args), codegen
 
@@ -104,10 +115,15 @@ class Tiles:
             for t in range(n):
                 self.py_func(t, *args)
             return
-        dtype = args[0].dtype
-        if dtype not in self._by_dtype:
-            self._by_dtype[dtype] = self._compile(args)
-        failed = self.launcher(*self._by_dtype[dtype], n, args)
+        compiled = self._by_dtype.get(args[0].dtype)
+        if compiled is None:
+            compiled = self._by_dtype[args[0].dtype] = self._compile(args)
+        failed = self.launcher(compiled[0], compiled[1], n, args)
+        if failed:
+            self._not_done(failed, n, args)
+
+    def _not_done(self, failed, n, args):
+        # failed: the launcher's answer, -1 or the number of tiles that raised
         if failed < 0:  # other types than the dtype's usual ones: their own compilation, found by their fingerprint
             fingerprint = _fingerprint(numba.typeof(a) for a in args)
             if fingerprint not in self._by_types:
