@@ -46,9 +46,9 @@ def _fingerprint_of(typingctx, args):
 
 
 def _borrowed(context, builder, ty, value):
-    # an array argument without its memory-info pointer, as a prange body gets it: the tile's views of it then take
-    # and drop no references (with it, every view is two atomic operations on one counter that all threads share).
-    # The caller holds the arrays for the whole launch
+    # an array argument without its memory-info pointer, as a prange body gets it: whatever reference counting of
+    # its views is left in the tile's code then does nothing (NRT_incref/decref skip a null pointer), rather than
+    # atomic operations on one counter that all threads share. The caller holds the arrays for the whole launch
     if not isinstance(ty, types.Array):
         return value
     array = context.make_array(ty)(context, builder, value)
