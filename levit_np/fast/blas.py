@@ -205,7 +205,7 @@ if not DISABLE_JIT:
 
 @helper(inline=False)
 def _check_blas_sizes(M, N, K, lda, ldb, ldc):
-    # a call, not inlined: a `raise` inlined into a kernel's prange loop would make Numba run that loop serially
+    # a call, not inlined: the `raise` (and its exception machinery) compiled once, not into every tile calling gemm
     if max(M, N, K, lda, ldb, ldc) > INT_MAX:
         raise ValueError("gemm: a dimension or row stride is 2^31 elements or more, past the BLAS's 32-bit integers")
 
