@@ -64,7 +64,7 @@ def predict_dataset(images: str | os.PathLike | Iterable[str | os.PathLike], out
                     scheduler=None, workers: int | None = None, model: str | os.PathLike = DEFAULT_MODEL,
                     backend: str | None = None, image_size=None, top_k: int = 5, batch_size: int = 32,
                     shard_size: int | None = None, embeddings: bool = False, resume: bool = False,
-                    retries: int = DEFAULT_RETRIES, threads: int | None = None,
+                    retries: int = DEFAULT_RETRIES, threads: int | None = None, fast_decode: bool = False,
                     progress: bool = False) -> DatasetRun:
     """Label `images` on a Dask cluster, writing JSONL shards (and .npy embeddings) into the folder `output`.
 
@@ -76,8 +76,10 @@ def predict_dataset(images: str | os.PathLike | Iterable[str | os.PathLike], out
         batches, fewer where that would give the cluster's worker threads fewer than 4 tasks each.
     embeddings: also write each shard's pooler_output rows, part-NNNNNN.npy (see `labelling.py`).
     resume: continue an output folder that holds shards already (without it, such a folder is refused).
-    retries: reruns of a task that raised. threads: Numba / BLAS threads per task (default: as the worker is set
-        up; for the local cluster, cores // workers). progress: a progress bar on stderr (when it is a terminal).
+    retries: reruns of a task that raised. threads: Numba / BLAS threads per task, and the threads that preprocess
+        its images (default: as the worker is set up; for the local cluster, cores // workers).
+    fast_decode: as for `levit_np.predict` (not bit-exact). progress: a progress bar on stderr (when it is a
+        terminal).
     Raises ValueError / OSError for bad arguments or an output folder that cannot be written, and the error a
     task raised that is no image's own (the weights are missing, the output cannot be written); images that
     cannot be read are `failures`, and tasks the engine gave up on are `failed_shards`, not exceptions.
@@ -129,7 +131,7 @@ def predict_dataset(images: str | os.PathLike | Iterable[str | os.PathLike], out
     if image_size is not None:
         model_spec["image_size"] = image_size
     job = {"model": model_spec, "output": str(out), "top_k": top_k, "batch_size": batch_size,
-           "embeddings": embeddings, "threads": threads}
+           "embeddings": embeddings, "threads": threads, "fast_decode": fast_decode}
     client, close = _connect(scheduler, workers, job)
     if shard_size is None:
         shard_size = default_shard_size(len(todo), batch_size, sum(client.nthreads().values()))
@@ -196,7 +198,8 @@ def label_shard(index: int, images: list[str], job: dict) -> dict:
     try:
         with JsonlOutput(tmp_jsonl, embeddings=tmp_npy, sync="close") as writer:
             for batch in label_batches(model, images, top_k=job["top_k"], batch_size=job["batch_size"],
-                                       embeddings=job["embeddings"]):
+                                       embeddings=job["embeddings"], fast_decode=job.get("fast_decode", False),
+                                       threads=job.get("threads")):
                 writer.write(batch)
         if tmp_npy is not None:  # first: a shard's .jsonl exists only once everything it names does
             os.replace(tmp_npy, out / f"{name}.npy")

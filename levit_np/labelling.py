@@ -33,13 +33,14 @@ import os
 import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
 
 from .model import Levit
-from .prediction import predict_batch
-from .preprocessing import shown
+from .prediction import classify
+from .preprocessing import preprocess_each, shown
 
 
 @dataclass
@@ -68,11 +69,36 @@ def batches(images: list, batch_size: int) -> Iterator[list]:
         yield images[start:start + batch_size]
 
 
-def label_batch(model: Levit, images: list[str], *, top_k: int = 5, embeddings: bool = False) -> LabelledBatch:
-    """Run one batch of image paths through `model`: check and preprocess each (a failure is that image's error),
-    one forward pass over the readable ones, top-k labels per image (non-finite logits are that image's error).
-    A missing file takes no place in the forward pass: the batches of a list are the same wherever it is split."""
-    results, out, rows = predict_batch(model, images, [shown(image) for image in images], top_k=top_k)
+def label_batch(model: Levit, images: list[str], *, top_k: int = 5, embeddings: bool = False,
+                fast_decode: bool = False, threads: int | None = None) -> LabelledBatch:
+    """Run one batch of image paths through `model`: check and preprocess each on `threads` threads (a failure is
+    that image's error), one forward pass over the readable ones, top-k labels per image (non-finite logits are
+    that image's error). A missing file takes no place in the forward pass: the batches of a list are the same
+    wherever it is split."""
+    names = [shown(image) for image in images]
+    pixels = list(preprocess_each(images, model.config.image_size, names=names, threads=threads,
+                                  fast_decode=fast_decode))
+    return _labelled(model, images, pixels, names, top_k=top_k, embeddings=embeddings)
+
+
+def label_batches(model: Levit, images: list[str], *, top_k: int = 5, batch_size: int = 32,
+                  embeddings: bool = False, fast_decode: bool = False,
+                  threads: int | None = None) -> Iterator[LabelledBatch]:
+    """label_batch over consecutive batches of `images`, in this process: the next batch is preprocessed on
+    `threads` threads while the model runs this one, and while the caller writes its results."""
+    names = [shown(image) for image in images]
+    pixels = preprocess_each(images, model.config.image_size, names=names, threads=threads, fast_decode=fast_decode,
+                             ahead=batch_size)
+    for start in range(0, len(images), batch_size):
+        chunk = images[start:start + batch_size]
+        yield _labelled(model, chunk, list(islice(pixels, len(chunk))), names[start:start + batch_size], top_k=top_k,
+                        embeddings=embeddings)
+
+
+def _labelled(model: Levit, images: list[str], pixels: list, names: list[str], *, top_k: int,
+              embeddings: bool) -> LabelledBatch:
+    # one forward pass over a batch's pixels (or errors); with embeddings, the rows of the images with predictions
+    results, out, rows = classify(model, pixels, names, top_k=top_k)
     results = [str(r) if isinstance(r, Exception) else r for r in results]  # an error is its message
     vectors = None
     if embeddings:  # the pooler_output rows of the images that got predictions
@@ -80,13 +106,6 @@ def label_batch(model: Levit, images: list[str], *, top_k: int = 5, embeddings: 
         vectors = (np.ascontiguousarray(out.pooler_output[rows], dtype=np.float32) if out is not None
                    else np.empty((0, width), np.float32))
     return LabelledBatch(list(images), results, vectors)
-
-
-def label_batches(model: Levit, images: list[str], *, top_k: int = 5, batch_size: int = 32,
-                  embeddings: bool = False) -> Iterator[LabelledBatch]:
-    """label_batch over consecutive batches of `images`, in this process."""
-    for chunk in batches(images, batch_size):
-        yield label_batch(model, chunk, top_k=top_k, embeddings=embeddings)
 
 
 # --- the JSONL file ----------------------------------------------------------------------------------------------

@@ -3,8 +3,9 @@
     levit_np.predict("cat.jpg")                                   # [("tabby, tabby cat", 0.61), ...]: top 5
     levit_np.predict(["a.jpg", "b.png"], model="facebook/levit-256", top_k=3)   # one list per image
 
-Images are preprocessed exactly as HF's LevitImageProcessor does (`preprocessing.py`), run through the model in
-batches of `batch_size` (so memory stays bounded however many images there are), and each image's top_k labels
+Images are preprocessed exactly as HF's LevitImageProcessor does (`preprocessing.py`; fast_decode=True trades that
+for speed), on a pool of threads that decodes the next batch while the model runs this one, run through the model
+in batches of `batch_size` (so memory stays bounded however many images there are), and each image's top_k labels
 come with their softmax probabilities. Loaded models are cached: repeated calls with the same model do not reload,
 and threads asking for the same model at once load it once. An image whose logits are not all finite (NaN or
 inf, from a broken checkpoint) is reported as failed, never given NaN probabilities.
@@ -15,21 +16,24 @@ from __future__ import annotations
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from itertools import islice
 
 import numpy as np
 
 from .config import normalize_image_size
+from .cores import thread_count
 from .hub import DEFAULT_MODEL
 from .model import Levit, from_pretrained
-from .preprocessing import as_image_list, check_image, describe, is_single_image, preprocess_image
+from .preprocessing import as_image_list, check_image, describe, is_single_image, preprocess_each
 
 DEFAULT_BATCH_SIZE = 32  # 32 x 3 x 224 x 224 float32 = 19 MB of input per batch
 CACHED_MODELS = 2  # loaded models kept, least recently used dropped first
 
 
 def predict(images, model: str | os.PathLike | Levit = DEFAULT_MODEL, top_k: int = 5, backend: str | None = None,
-            batch_size: int = DEFAULT_BATCH_SIZE, image_size=None):
+            batch_size: int = DEFAULT_BATCH_SIZE, image_size=None, *, fast_decode: bool = False,
+            threads: int | None = None):
     """Top-k (label, probability) pairs, most probable first, for one image; a list of such lists for a list.
 
     images: a path, a PIL image, a uint8 / uint16 (H, W[, C]) array, an encoded image file (bytes, bytearray,
@@ -38,6 +42,9 @@ def predict(images, model: str | os.PathLike | Levit = DEFAULT_MODEL, top_k: int
     backend: None or "auto" for `from_pretrained`'s default, else "numba" or "numpy".
     image_size: None for the checkpoint's own input size, else the size to run it at (S, or (height, width), multiples
         of 16; see `from_pretrained`): each image is resized to cover it and center cropped to it.
+    fast_decode: decode JPEGs at a reduced scale and resize with a reducing pass: several times faster on large
+        photos, and not bit-exact with HF's preprocessing (see `levit_np.preprocessing`). Off by default.
+    threads: threads that decode and resize images (default: every core this process may use).
     Raises OSError / ValueError naming the image for a missing file, a non-image file, an empty image, a wrong
     array or logits that are not finite; `levit_np.hub.WeightsNotFoundError` (with instructions) when the weights
     cannot be found or fetched.
@@ -49,14 +56,19 @@ def predict(images, model: str | os.PathLike | Levit = DEFAULT_MODEL, top_k: int
         check_image(im, name=name)
     _check_positive_int(top_k, "top_k")
     _check_positive_int(batch_size, "batch_size")
+    thread_count(threads)
     m = load_model(model, backend, image_size)
-    results = [preds for _, preds in iter_predictions(items, m, top_k=top_k, batch_size=batch_size, names=names)]
+    results = [preds for _, preds in iter_predictions(items, m, top_k=top_k, batch_size=batch_size, names=names,
+                                                      fast_decode=fast_decode, threads=threads)]
     return results[0] if single else results
 
 
-def iter_predictions(images: list, model: Levit, *, top_k: int = 5, batch_size: int = DEFAULT_BATCH_SIZE,
-                     names: list[str] | None = None, errors: str = "raise") -> Iterator[tuple[int, list | Exception]]:
-    """Yield (index, top-k predictions) for each image of `images`, in order, `batch_size` images at a time.
+def iter_predictions(images: Iterable, model: Levit, *, top_k: int = 5, batch_size: int = DEFAULT_BATCH_SIZE,
+                     names: Iterable[str] | None = None, errors: str = "raise", fast_decode: bool = False,
+                     threads: int | None = None) -> Iterator[tuple[int, list | Exception]]:
+    """Yield (index, top-k predictions) for each image of `images` (a list, or any iterable: read lazily), in
+    order, `batch_size` images at a time; the next batch is preprocessed on `threads` threads while the model runs
+    this one (`preprocessing.preprocess_each`).
 
     errors="raise": the first image that cannot be read, or whose logits are not all finite, raises.
     errors="return": it yields (index, the OSError or ValueError) instead and the other images go on (the command
@@ -64,35 +76,47 @@ def iter_predictions(images: list, model: Levit, *, top_k: int = 5, batch_size: 
     """
     if errors not in ("raise", "return"):
         raise ValueError(f"errors must be 'raise' or 'return', found {errors!r}")
-    names = names or [describe(im, i) for i, im in enumerate(images)]
-    for start in range(0, len(images), batch_size):
-        stop = start + batch_size
-        results, _, _ = predict_batch(model, images[start:stop], names[start:stop], top_k=top_k, errors=errors)
+    images, names = _with_names(images, names)
+    pixels = preprocess_each(images, model.config.image_size, names=names, threads=threads,
+                             fast_decode=fast_decode, ahead=batch_size)
+    start = 0
+    while batch := list(islice(pixels, batch_size)):
+        results, _, _ = classify(model, batch, names[start:start + len(batch)], top_k=top_k, errors=errors)
         yield from enumerate(results, start)
+        start += len(batch)
 
 
-def predict_batch(model: Levit, images: list, names: list[str], *, top_k: int = 5, errors: str = "return"):
-    """One forward pass over a batch of images -> (results, output, rows).
+def predict_batch(model: Levit, images: list, names: list[str], *, top_k: int = 5, errors: str = "return",
+                  fast_decode: bool = False, threads: int | None = None):
+    """One forward pass over a batch of images, preprocessed on `threads` threads -> (results, output, rows), as
+    `classify` returns them."""
+    pixels = list(preprocess_each(images, model.config.image_size, names=names, threads=threads,
+                                  fast_decode=fast_decode))
+    return classify(model, pixels, names, top_k=top_k, errors=errors)
 
-    results[i]: image i's top-k predictions, or the OSError / ValueError that stopped it (it could not be checked or
-    read, or its logits are not all finite); errors="raise" raises the first of them instead. Only the readable
-    images take part in the forward pass, whose LevitOutput is `output` (None if there were none); `rows` are the
-    rows of that output that gave predictions, in order.
+
+def classify(model: Levit, pixels: list, names: list[str], *, top_k: int = 5, errors: str = "return"):
+    """One forward pass over a batch's preprocessed images -> (results, output, rows).
+
+    pixels[i]: image i's (3, h, w) pixel_values, or the OSError / ValueError that stopped its preprocessing.
+    results[i]: image i's top-k predictions, or its error (it could not be read, or its logits are not all finite);
+    errors="raise" raises the first of them instead. Only the readable images take part in the forward pass, whose
+    LevitOutput is `output` (None if there were none); `rows` are the rows of that output that gave predictions, in
+    order.
     """
-    results: list = [None] * len(images)
-    pixels = {}
-    for i, image in enumerate(images):
-        try:
-            check_image(image, name=names[i])  # cheap checks (the file exists, the array's shape) before decoding
-            pixels[i] = preprocess_image(image, model.config.image_size, name=names[i])  # (3, h, w)
-        except (OSError, ValueError) as e:
+    results: list = [None] * len(pixels)
+    readable = {}
+    for i, x in enumerate(pixels):
+        if isinstance(x, Exception):
             if errors == "raise":
-                raise
-            results[i] = e
+                raise x
+            results[i] = x
+        else:
+            readable[i] = x
     output, rows = None, []
-    if pixels:
-        output = model(np.stack(list(pixels.values())))  # (b, 3, h, w) -> logits (b, num_labels)
-        for row, (i, logits) in enumerate(zip(pixels, output.logits, strict=True)):
+    if readable:
+        output = model(np.stack(list(readable.values())))  # (b, 3, h, w) -> logits (b, num_labels)
+        for row, (i, logits) in enumerate(zip(readable, output.logits, strict=True)):
             error = nonfinite_error(logits, names[i])
             if error is not None and errors == "raise":
                 raise error
@@ -100,6 +124,22 @@ def predict_batch(model: Levit, images: list, names: list[str], *, top_k: int = 
             if error is None:
                 rows.append(row)
     return results, output, rows
+
+
+def _with_names(images: Iterable, names: Iterable[str] | None) -> tuple[Iterable, list[str]]:
+    """(images, their names as a list that grows as the images are read): for a list, describe(image, i) each."""
+    if names is not None:
+        return images, list(names)
+    if isinstance(images, (list, tuple)):
+        return images, [describe(im, i) for i, im in enumerate(images)]
+    named: list[str] = []  # preprocess_each zips the images with this list: each name is in it before it is read
+
+    def read():
+        for i, image in enumerate(images):
+            named.append(describe(image, i))
+            yield image
+
+    return read(), named
 
 
 def nonfinite_error(logits: np.ndarray, name: str) -> ValueError | None:

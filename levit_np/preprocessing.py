@@ -32,6 +32,12 @@ An image is a path, a PIL image, a NumPy array, or an encoded image file: bytes 
 file object (`open(path, "rb")`, io.BytesIO). Whatever Pillow raises while decoding or converting one (OSError,
 SyntaxError, struct.error, a closed image's ValueError, DecompressionBombError, ...) becomes an OSError or
 ValueError naming the image.
+
+`fast_decode=True` trades HF's exact pixels for speed, for bulk jobs on large photos (never the default): a JPEG
+file is decoded at a reduced scale (1/2, 1/4 or 1/8, in the DCT domain: Pillow's `Image.draft`), the smallest
+scale whose image still covers the size step 1 resizes to, and the resize first shrinks by an integer factor with a
+box filter (Pillow's `reducing_gap`) where the image is still more than REDUCING_GAP times too large. The geometry
+(resize size, crop) is the exact mode's; the pixels differ slightly (docs/preprocessing.md measures by how much).
 """
 
 from __future__ import annotations
@@ -39,24 +45,34 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .cores import thread_count
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # HF's IMAGENET_DEFAULT_MEAN
 IMAGENET_STD = (0.229, 0.224, 0.225)  # HF's IMAGENET_DEFAULT_STD
 RESCALE_FACTOR = 1 / 255  # HF's default rescale_factor
 DEFAULT_IMAGE_SIZE = 224
 BYTES = (bytes, bytearray, memoryview)  # an encoded image file in memory
+REDUCING_GAP = 2.0  # fast_decode: Pillow's reducing_gap, the value its own Image.thumbnail uses
+EXIF_ORIENTATION = 0x0112  # the EXIF tag exif_transpose applies; values 5..8 swap width and height
 
 
-def preprocess(images, image_size: int | tuple[int, int] = DEFAULT_IMAGE_SIZE) -> np.ndarray:
+def preprocess(images, image_size: int | tuple[int, int] = DEFAULT_IMAGE_SIZE, *, fast_decode: bool = False,
+               threads: int | None = None) -> np.ndarray:
     """Turn one image or a list of images into LeViT's input, (B, 3, h, w) float32.
 
     An image is a path (str or Path), a PIL image, a uint8 or uint16 array (H, W), (H, W, 1), (H, W, 3) or (H, W, 4),
     or an encoded image file (bytes, bytearray, memoryview, a binary file object); a 4-D array (B, H, W, C) is a
     batch. `image_size` is the model's `config.image_size`: S for S x S, or a (height, width) pair.
+    The images are decoded and resized on `threads` threads (default: every core this process may use); the result
+    is the same, bit for bit, on any number. fast_decode=True: faster and not bit-exact (see the module docstring).
     Raises OSError (missing or unreadable file) or ValueError (bad array, empty image, bad image_size), naming the
     image.
     """
@@ -64,32 +80,93 @@ def preprocess(images, image_size: int | tuple[int, int] = DEFAULT_IMAGE_SIZE) -
     if not items:
         raise ValueError("preprocess: no images given (an empty list)")
     _check_image_size(image_size)
-    return np.stack([preprocess_image(im, image_size, name=describe(im, i if len(items) > 1 else None))
-                     for i, im in enumerate(items)])  # (B, 3, h, w)
+    names = [describe(im, i if len(items) > 1 else None) for i, im in enumerate(items)]
+    pixels = []
+    for x in preprocess_each(items, image_size, names=names, threads=threads, fast_decode=fast_decode):
+        if isinstance(x, Exception):
+            raise x
+        pixels.append(x)  # (3, h, w)
+    return np.stack(pixels)  # (B, 3, h, w)
 
 
-def preprocess_image(image, image_size: int | tuple[int, int] = DEFAULT_IMAGE_SIZE, *,
-                     name: str | None = None) -> np.ndarray:
+def preprocess_each(images: Iterable, image_size: int | tuple[int, int] = DEFAULT_IMAGE_SIZE, *,
+                    names: Iterable[str] | None = None, threads: int | None = None, fast_decode: bool = False,
+                    ahead: int | None = None) -> Iterator[np.ndarray | OSError | ValueError]:
+    """Each image's pixel_values (3, h, w) float32, or the OSError / ValueError that stopped it, in order.
+
+    The images are preprocessed (`preprocess_image`) on a pool of `threads` threads (default: every core this
+    process may use): Pillow lets go of the GIL while it decodes and resizes, so they run in parallel, and each
+    image's result is the same as on one thread, bit for bit. `images` (a list or any iterable, a generator
+    included) is read lazily: at most `ahead` images (default 2 per thread, at least `threads`) are in the pool or
+    done and waiting to be taken, so memory stays bounded however many there are. The pool works on while the
+    caller uses what it took (a model runs batch k while batch k+1 decodes: pass `ahead=batch_size`).
+    `names`: how errors refer to each image (default: `describe(image, index)`).
+    """
+    threads = thread_count(threads)
+    ahead = max(threads, 2 * threads if ahead is None else ahead)
+    named = zip(images, names) if names is not None else ((im, describe(im, i)) for i, im in enumerate(images))
+
+    def one(image, name):
+        try:
+            return preprocess_image(image, image_size, name=name, fast_decode=fast_decode)  # (3, h, w)
+        except (OSError, ValueError) as e:  # this image's own failure: the caller decides what it costs
+            return e
+
+    with ThreadPoolExecutor(threads, thread_name_prefix="levit-np-preprocess") as pool:
+        pending = deque()  # futures, in image order
+        try:
+            for image, name in named:
+                pending.append(pool.submit(one, image, name))
+                if len(pending) >= ahead:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:  # the caller stopped early (an error raised, a generator closed): drop what has not started
+            for future in pending:
+                future.cancel()
+
+
+def preprocess_image(image, image_size: int | tuple[int, int] = DEFAULT_IMAGE_SIZE, *, name: str | None = None,
+                     fast_decode: bool = False) -> np.ndarray:
     """One image -> (3, h, w) float32, (h, w) = image_size (S x S for an integer S). `name` is how errors refer to
-    it."""
+    it. fast_decode=True: a reduced-scale JPEG decode and a reducing resize, not bit-exact (module docstring)."""
     name = name or describe(image)
     crop_h, crop_w = _check_image_size(image_size)
-    rgb = load_rgb(image, name=name)
-    height, width = resize_to_cover(rgb.height, rgb.width, resize_box(image_size))
+    box = resize_box(image_size)
+    rgb, (full_h, full_w) = _load(image, name, draft_box=box if fast_decode else None)
+    height, width = resize_to_cover(full_h, full_w, box)  # from the full size: a draft decode keeps the geometry
     limit = Image.MAX_IMAGE_PIXELS  # Pillow's decompression-bomb limit; None when the user turned it off
     if limit and height * width > limit:
-        raise ValueError(f"{name}: a {rgb.width}x{rgb.height} image would be resized to {width}x{height} "
+        raise ValueError(f"{name}: a {full_w}x{full_h} image would be resized to {width}x{height} "
                          f"({height * width} pixels, over Pillow's limit of {limit}); crop it to a less extreme "
                          f"aspect ratio first")
+    gap = REDUCING_GAP if fast_decode else None  # None: Pillow's exact resize, as HF's
     with pillow_errors(name, "cannot resize the image"):
-        resized = np.asarray(rgb.resize((width, height), Image.Resampling.BICUBIC))  # (H', W', 3) uint8
+        resized = rgb.resize((width, height), Image.Resampling.BICUBIC, reducing_gap=gap)  # W' x H' RGB
     top, left = (height - crop_h) // 2, (width - crop_w) // 2  # never negative: the resized image covers the box
-    crop = resized[top:top + crop_h, left:left + crop_w]  # (h, w, 3) uint8
-    x = (crop.astype(np.float64) * RESCALE_FACTOR).astype(np.float32)  # HF rescales in float64, then casts
-    mean = np.array(IMAGENET_MEAN, dtype=np.float32)
-    std = np.array(IMAGENET_STD, dtype=np.float32)
-    x = (x - mean) / std  # float32 throughout, per channel
-    return np.ascontiguousarray(x.transpose(2, 0, 1))  # (h, w, 3) -> (3, h, w)
+    crop = np.asarray(resized.crop((left, top, left + crop_w, top + crop_h)))  # (h, w, 3) uint8
+    return normalize(crop)  # (3, h, w) float32
+
+
+def normalize_table() -> np.ndarray:
+    """(3, 256) float32: what HF's rescale and normalize make of each uint8 value v in each channel c,
+    ((v as float64 * 1/255) as float32 - mean[c]) / std[c] in float32, in HF's order of operations."""
+    v = (np.arange(256, dtype=np.float64) * RESCALE_FACTOR).astype(np.float32)  # (256,) HF rescales in float64
+    mean = np.array(IMAGENET_MEAN, dtype=np.float32)[:, None]  # (3, 1)
+    std = np.array(IMAGENET_STD, dtype=np.float32)[:, None]  # (3, 1)
+    return (v[None, :] - mean) / std  # (3, 256) float32 throughout
+
+
+NORMALIZE_TABLE = normalize_table()
+
+
+def normalize(crop: np.ndarray) -> np.ndarray:
+    """(h, w, 3) uint8 -> (3, h, w) float32, HF's rescale + normalize: a lookup of each value in NORMALIZE_TABLE
+    (each value's arithmetic done once, for all 256, instead of once per pixel; the same numbers)."""
+    out = np.empty((3, *crop.shape[:2]), np.float32)  # (3, h, w)
+    for c in range(3):
+        np.take(NORMALIZE_TABLE[c], crop[:, :, c], out=out[c])  # (h, w) <- table[c][crop[..., c]]
+    return out
 
 
 def resize_short_side(image_size: int) -> int:
@@ -125,21 +202,29 @@ def resize_shape(height: int, width: int, short: int) -> tuple[int, int]:
 
 def load_rgb(image, *, name: str | None = None) -> Image.Image:
     """A path, PIL image, array or encoded file -> an RGB PIL image (loaded, file closed). See the module docstring."""
-    name = name or describe(image)
+    return _load(image, name or describe(image))[0]
+
+
+def _load(image, name: str, draft_box: tuple[int, int] | None = None) -> tuple[Image.Image, tuple[int, int]]:
+    """load_rgb, and the image's full (height, width). draft_box: a file is decoded at a reduced scale that still
+    covers this resize box (fast_decode), so the RGB image may be smaller than the full size."""
     check_image(image, name=name)
     if isinstance(image, Image.Image):
         img, from_file = image, image.format is not None  # Pillow sets `format` on images it decoded from a file
         with pillow_errors(name, "cannot read the image"):
             img.load()  # a lazily opened PIL image decodes here; a closed one fails here
+        full = img.height, img.width
     elif isinstance(image, np.ndarray):
         img, from_file = _from_array(image, name), False
+        full = img.height, img.width
     else:
-        img, from_file = _open(image, name), True
+        img, full = _open(image, name, draft_box)
+        from_file = True
     if img.width < 1 or img.height < 1:
         raise ValueError(f"{name}: the image is empty ({img.width}x{img.height} pixels)")
     img = to_8bit(img, name=name, from_file=from_file)
     with pillow_errors(name, f"cannot convert a {img.mode} image to RGB"):  # e.g. an exotic mode
-        return to_rgb(img)
+        return to_rgb(img), full
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -285,14 +370,21 @@ def _check_file_object(f, name: str) -> None:
         raise ValueError(f"{name}: a file opened in text mode; open image files in binary mode, open(path, 'rb')")
 
 
-def _open(image, name: str) -> Image.Image:
-    """A path, bytes or binary file object -> the decoded PIL image, EXIF orientation applied."""
+def _open(image, name: str, draft_box: tuple[int, int] | None = None) -> tuple[Image.Image, tuple[int, int]]:
+    """A path, bytes or binary file object -> (the decoded PIL image, EXIF orientation applied; its full (height,
+    width)). draft_box: decode a JPEG at the smallest DCT scale whose image still covers the size an image of the full
+    size is resized to for this box (see fast_decode)."""
     source = io.BytesIO(image if isinstance(image, bytes) else memoryview(image).tobytes()) \
         if isinstance(image, BYTES) else image
     with pillow_errors(name, "cannot read the image"), Image.open(source) as img:
+        transposed = img.getexif().get(EXIF_ORIENTATION) in (5, 6, 7, 8)  # exif_transpose swaps the sides
+        full = (img.width, img.height) if transposed else (img.height, img.width)  # after exif_transpose
+        if draft_box is not None and img.width and img.height:
+            height, width = resize_to_cover(*full, draft_box)  # what preprocess_image resizes to
+            img.draft(None, (height, width) if transposed else (width, height))  # a no-op but for JPEG
         img = ImageOps.exif_transpose(img)  # HF's load_image applies the EXIF orientation too
         img.load()  # decode now, while the file is open: truncated files fail here, naming the file
-        return img
+        return img, full
 
 
 def _check_array(a: np.ndarray, name: str) -> None:

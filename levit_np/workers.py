@@ -19,17 +19,10 @@ from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
+from .cores import available_cpus
 from .labelling import LabelledBatch, batches, label_batch
 
 AHEAD = 2  # batches queued per worker beyond the one it runs: enough to never idle, few enough to bound memory
-
-
-def available_cpus() -> int:
-    """The cores this process may run on (its affinity mask where the OS has one)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
 
 
 def threads_per_worker(workers: int) -> int:
@@ -45,12 +38,14 @@ def check_workers(workers) -> int:
 
 
 def label_batches(model_spec: dict, images: list[str], *, workers: int, top_k: int = 5, batch_size: int = 32,
-                  embeddings: bool = False, threads: int | None = None) -> Iterator[LabelledBatch]:
+                  embeddings: bool = False, fast_decode: bool = False,
+                  threads: int | None = None) -> Iterator[LabelledBatch]:
     """labelling.label_batches on `workers` spawned processes: the same batches, yielded in order.
 
     model_spec: the keyword arguments of `prediction.load_model` (model, backend, ...) each worker loads with.
-    threads: per worker; default cores // workers. A worker that raises (say, the weights are missing) raises here
-    with its own error; a worker that dies (killed, out of memory) raises ChildProcessError.
+    threads: per worker, for its model and for preprocessing its batch; default cores // workers. A worker that
+    raises (say, the weights are missing) raises here with its own error; a worker that dies (killed, out of memory)
+    raises ChildProcessError.
     """
     check_workers(workers)
     chunks = list(batches(images, batch_size))
@@ -59,11 +54,13 @@ def label_batches(model_spec: dict, images: list[str], *, workers: int, top_k: i
     import multiprocessing
 
     n = min(workers, len(chunks))
+    threads = threads or threads_per_worker(workers)
     pool = ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker,
-                               initargs=(threads or threads_per_worker(workers),))
+                               initargs=(threads,))
+    options = {"top_k": top_k, "embeddings": embeddings, "fast_decode": fast_decode, "threads": threads}
     try:
         todo = iter(chunks)
-        pending = deque(pool.submit(_label, model_spec, chunk, top_k, embeddings)
+        pending = deque(pool.submit(_label, model_spec, chunk, options)
                         for chunk in itertools.islice(todo, n * (1 + AHEAD)))
         while pending:
             try:
@@ -74,7 +71,7 @@ def label_batches(model_spec: dict, images: list[str], *, workers: int, top_k: i
                                         "continue a --jsonl file)") from None
             chunk = next(todo, None)
             if chunk is not None:
-                pending.append(pool.submit(_label, model_spec, chunk, top_k, embeddings))
+                pending.append(pool.submit(_label, model_spec, chunk, options))
             yield batch
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
@@ -106,7 +103,7 @@ def _exit_with_parent() -> None:
         os._exit(1)
 
 
-def _label(model_spec: dict, images: list[str], top_k: int, embeddings: bool) -> LabelledBatch:
+def _label(model_spec: dict, images: list[str], options: dict) -> LabelledBatch:
     from .prediction import load_model
 
-    return label_batch(load_model(**model_spec), images, top_k=top_k, embeddings=embeddings)
+    return label_batch(load_model(**model_spec), images, **options)

@@ -29,6 +29,7 @@ from transformers import LevitImageProcessorPil
 import levit_np
 from helpers import ALL_BACKENDS, RTOL, SMALL
 from levit_np import prediction as predict_module
+from levit_np import preprocessing
 from levit_np.cli import main
 
 NUM_LABELS = 10
@@ -507,16 +508,16 @@ def test_odd_labels_are_quoted(checkpoint, tmp_path, capsys):
 def poisoned(monkeypatch):
     """Images whose name holds "overflow" get pixel_values of 1e38 (the real model overflows float32 on them), "nan"
     pixel_values of NaN (which propagate through the real model); the others their real pixel_values."""
-    preprocess_image = predict_module.preprocess_image
+    preprocess_image = preprocessing.preprocess_image
 
-    def poison(image, size, *, name=None):
-        x = preprocess_image(image, size, name=name)
+    def poison(image, size, *, name=None, **options):
+        x = preprocess_image(image, size, name=name, **options)
         file = os.path.basename(name or "")
         if "overflow" in file:
             return np.full_like(x, 1e38)
         return np.full_like(x, np.nan) if "nan" in file else x
 
-    monkeypatch.setattr(predict_module, "preprocess_image", poison)
+    monkeypatch.setattr(preprocessing, "preprocess_image", poison)  # what preprocess_each's threads call
 
 
 def test_poisoned_pixels_really_give_nonfinite_logits(model):
