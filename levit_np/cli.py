@@ -4,6 +4,7 @@
     levit-np predict photos/ --json > labels.jsonl    # a folder (recursively): progress bar on stderr
     levit-np predict wide.jpg --image-size 224x384    # at another input size: S or HEIGHTxWIDTH, multiples of 16
     levit-np predict photos/ --jsonl labels.jsonl [--resume] [--embeddings emb.npy] [--workers N]   # a collection
+    levit-np predict photos/ --jsonl labels.jsonl --fast-decode    # large photos, faster, not bit-exact
     levit-np distributed photos/ --scheduler tcp://host:8786 --output labels/       # on a Dask cluster, in shards
     levit-np info facebook/levit-128S                 # variant, parameters, labels, where the weights live
     levit-np fetch [NAME ...] [--dir weights]         # download checkpoints (default: all five released ones)
@@ -31,6 +32,8 @@ from .prediction import DEFAULT_BATCH_SIZE, load_model
 from .preprocessing import check_image, resize_box, resize_short_side, shown
 
 PROG = "levit-np"
+FAST_DECODE_HELP = ("decode JPEGs at a reduced scale and resize with a reducing pass: several times faster on large "
+                    "photos, NOT bit-exact with HF's preprocessing (docs/preprocessing.md)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=_positive_int, default=1, metavar="N",
                    help="run N processes (spawned, cores // N threads each); the output is one process's "
                         "(default: 1)")
+    p.add_argument("--fast-decode", action="store_true", help=FAST_DECODE_HELP)
     p.set_defaults(run=run_predict, usage_error=p.error)
 
     p = sub.add_parser("info", help="describe a checkpoint and where its weights live")
@@ -134,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retries", type=int, default=2, help="reruns of a task that raised (default: 2)")
     p.add_argument("--threads", type=_positive_int, default=None,
                    help="threads per task (default: the worker's; cores // N with --local-cluster)")
+    p.add_argument("--fast-decode", action="store_true", help=FAST_DECODE_HELP)
     p.set_defaults(run=run_distributed, usage_error=p.error)
     return parser
 
@@ -216,7 +221,8 @@ def run_predict(args) -> int:
         spec = {"model": args.model, "backend": args.backend}
         if args.image_size is not None:
             spec["image_size"] = args.image_size
-        options = dict(top_k=args.top_k, batch_size=args.batch_size, embeddings=bool(args.embeddings))
+        options = dict(top_k=args.top_k, batch_size=args.batch_size, embeddings=bool(args.embeddings),
+                       fast_decode=args.fast_decode)
         if len(unreadable) == len(todo):
             source = (LabelledBatch(chunk, [unreadable[image] for image in chunk])
                       for chunk in batches(todo, args.batch_size))
@@ -282,7 +288,8 @@ def run_distributed(args) -> int:
                               workers=args.local_cluster, model=args.model, backend=args.backend,
                               image_size=args.image_size, top_k=args.top_k, batch_size=args.batch_size,
                               shard_size=args.shard_size, embeddings=args.embeddings, resume=args.resume,
-                              retries=args.retries, threads=args.threads, progress=True)
+                              retries=args.retries, threads=args.threads, fast_decode=args.fast_decode,
+                              progress=True)
     except ModuleNotFoundError as e:  # the dask extra is not installed
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 1
