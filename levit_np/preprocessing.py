@@ -163,9 +163,10 @@ NORMALIZE_TABLE = normalize_table()
 def normalize(crop: np.ndarray) -> np.ndarray:
     """(h, w, 3) uint8 -> (3, h, w) float32, HF's rescale + normalize: a lookup of each value in NORMALIZE_TABLE
     (each value's arithmetic done once, for all 256, instead of once per pixel; the same numbers)."""
-    out = np.empty((3, *crop.shape[:2]), np.float32)  # (3, h, w)
+    planes = np.ascontiguousarray(crop.transpose(2, 0, 1)).astype(np.intp)  # (3, h, w): take's own index type
+    out = np.empty(planes.shape, np.float32)  # (3, h, w)
     for c in range(3):
-        np.take(NORMALIZE_TABLE[c], crop[:, :, c], out=out[c])  # (h, w) <- table[c][crop[..., c]]
+        np.take(NORMALIZE_TABLE[c], planes[c], out=out[c])  # (h, w) <- table[c][crop[..., c]]
     return out
 
 
