@@ -159,39 +159,6 @@ def run_compile(args) -> int:
     return 0
 
 
-def fast_path_info() -> dict:
-    """What backend='auto' runs here, and the fast path's build: micro-kernel tile, threads, cache."""
-    import numba
-
-    from .fast import blas, compiled, target
-
-    tile = target.TILE
-    return {"auto_backend": {d: "numba" if compiled.is_compiled(d) else "numpy (kernels not compiled yet)"
-                             for d in compiled.DTYPES},
-            "numba_cache": str(compiled.cache_dir()),
-            "cpu": target.numba_target()[1],
-            "micro_kernel": f"{tile.rows} x {tile.columns} float32 ({tile.vectors_per_row} vectors of {tile.lanes}"
-                            f"{', FMA' if tile.fma else ', no FMA'})",
-            "blas": blas.blas_description(),
-            "threads": numba.get_num_threads(),
-            "threading_layer": threading_layer()}
-
-
-def threading_layer() -> str:
-    """The layer Numba's thread pool runs on (tbb, omp or workqueue): the one a forward pass would use, started now
-    if no forward has run yet."""
-    import numba
-    from numba.np.ufunc import parallel
-
-    from .fast import threads  # noqa: F401 - loads TBB, as the backend does
-
-    try:
-        parallel._launch_threads()  # what a first parallel kernel does; it chooses the layer
-        return f"{numba.threading_layer()} (NUMBA_THREADING_LAYER={numba.config.THREADING_LAYER})"
-    except Exception as e:  # info reports, never fails
-        return f"unknown ({e})"
-
-
 def run_predict(args) -> int:
     from .labelling import JsonlOutput, LabelledBatch, batches, label_batches, unique
 
@@ -339,6 +306,8 @@ def image_files(folder: Path) -> list[str]:
 
 
 def run_info(args) -> int:
+    from .fast.report import fast_path_info
+
     path = resolve(args.model)
     model = from_pretrained(path, backend="numpy", image_size=args.image_size)
     c = model.config

@@ -1,8 +1,7 @@
-"""The kernels' BLAS (levit_np/fast/blas.py): SciPy's through cython_blas, the built-in GEMM, threads, the cache.
+"""The kernels' BLAS (levit_np/fast/blas.py): SciPy's through cython_blas, threads, the on-disk cache.
 
-The paths other than this process's run in subprocesses, as the BLAS is chosen at import: LEVIT_NP_BLAS=none, and a
-Python where SciPy cannot be imported. Under NUMBA_DISABLE_JIT `gemm` is NumPy's matmul and `builtin_gemm` plain
-Python; the tests that need compiled code skip there.
+What happens at import (loading cython_blas, registering its addresses with LLVM) is checked in fresh processes.
+Under NUMBA_DISABLE_JIT `gemm` is NumPy's matmul; the tests that need compiled code skip there.
 """
 
 import json
@@ -20,8 +19,8 @@ JIT = not numba.config.DISABLE_JIT
 DTYPES = [np.float32, np.float64]
 TOL = {np.float32: 1e-5, np.float64: 1e-12}  # relative to max(1, max|ref|)
 TRANSPOSES = [(False, False), (True, False), (False, True), (True, True)]
-# (M, K, N): odd sizes; one row; a column and depth past the built-in GEMM's blocks; no depth (c = 0)
-SHAPES = [(7, 5, 6), (1, 9, 3), (3, 2 * blas.DEPTH_BLOCK + 3, blas.COLUMN_BLOCK + 5), (4, 0, 3)]
+# (M, K, N): odd sizes; one row; a deep and wide product; no depth (c = 0)
+SHAPES = [(7, 5, 6), (1, 9, 3), (3, 259, 261), (4, 0, 3)]
 
 needs_jit = pytest.mark.skipif(not JIT, reason="NUMBA_DISABLE_JIT: gemm is NumPy's matmul")
 
@@ -36,14 +35,6 @@ def operands(dtype, M, K, N, transpose_a, transpose_b, seed=0):
     a = big_a[2:2 + K, 3:3 + M] if transpose_a else big_a[2:2 + M, 3:3 + K]
     b = big_b[1:1 + N, 4:4 + K] if transpose_b else big_b[1:1 + K, 4:4 + N]
     return a, b, big_c[5:5 + M, 7:7 + N], big_c
-
-
-def whole_rows(x):
-    """The view x (rows, cols) as rows as wide as its row stride, C-contiguous: what `builtin_gemm` gets from the C
-    callback (a view of the buffer from x's first element on)."""
-    ld = x.strides[0] // x.itemsize
-    start = (x.__array_interface__["data"][0] - x.base.__array_interface__["data"][0]) // x.itemsize
-    return x.base.reshape(-1)[start:start + x.shape[0] * ld].reshape(x.shape[0], ld)
 
 
 def check(a, b, c, big_c, transpose_a, transpose_b, dtype):
@@ -63,15 +54,6 @@ def test_gemm_on_strided_views(dtype, transpose_a, transpose_b, M, K, N):
     check(a, b, c, big_c, transpose_a, transpose_b, dtype)
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("transpose_a,transpose_b", TRANSPOSES)
-@pytest.mark.parametrize("M,K,N", SHAPES)
-def test_builtin_gemm_on_whole_rows(dtype, transpose_a, transpose_b, M, K, N):
-    a, b, c, big_c = operands(dtype, M, K, N, transpose_a, transpose_b)
-    blas.builtin_gemm(whole_rows(a), whole_rows(b), whole_rows(c), M, N, K, transpose_a, transpose_b)
-    check(a, b, c, big_c, transpose_a, transpose_b, dtype)
-
-
 @needs_jit
 def test_gemm_refuses_sizes_past_32_bit_integers():
     x = np.zeros(4, np.float32)
@@ -84,7 +66,7 @@ def test_gemm_refuses_sizes_past_32_bit_integers():
 @needs_jit
 def test_one_blas_thread_puts_the_kernels_blas_on_one_thread():
     pools = blas._kernel_pools()
-    if blas.BLAS != "scipy" or not pools:
+    if not pools:
         pytest.skip(f"no BLAS threadpoolctl controls: {blas.blas_description()}")
     for pool in pools:
         pool.set_num_threads(2)
@@ -106,22 +88,7 @@ def test_set_num_threads_sets_numpys_blas_threads():
         blas.set_num_threads(n)
 
 
-# --- other processes: the built-in GEMM, a missing SciPy, the on-disk cache -------------------------------------
-
-GEMM_CHECK = """
-import json, sys
-import numpy as np
-from levit_np.fast import blas
-from test_blas import DTYPES, SHAPES, TRANSPOSES, check, operands
-for dtype in DTYPES:
-    for transpose_a, transpose_b in TRANSPOSES:
-        for shape in SHAPES:
-            a, b, c, big_c = operands(dtype, *shape, transpose_a, transpose_b)
-            blas.gemm(a, b, c, transpose_a, transpose_b)
-            check(a, b, c, big_c, transpose_a, transpose_b, dtype)
-print(json.dumps({"blas": blas.BLAS, "description": blas.blas_description()}))
-"""
-
+# --- other processes: loading SciPy's BLAS, a missing SciPy, the on-disk cache ----------------------------------
 
 def run(code, tmp_path=None, prelude="", **env):
     """Run `code` in a fresh Python with tests/ on the path and `env` added; returns its stdout's last line."""
@@ -134,30 +101,42 @@ def run(code, tmp_path=None, prelude="", **env):
 
 
 @needs_jit
-def test_gemm_without_a_blas():
-    result = json.loads(run(GEMM_CHECK, LEVIT_NP_BLAS="none"))
-    assert result == {"blas": "none", "description": "none: built-in GEMM (LEVIT_NP_BLAS=none)"}
+def test_cython_blas_is_loaded_without_scipy_linalg():
+    # the reason blas._load_cython_blas loads the extension from its file: scipy.linalg's __init__ is not run ...
+    code = """
+import sys
+import numpy as np
+from levit_np.fast import blas
+a, b, c = np.ones((2, 3), np.float32), np.ones((3, 4), np.float32), np.zeros((2, 4), np.float32)
+blas.gemm(a, b, c, False, False)
+assert (c == 3).all()
+assert "scipy.linalg" not in sys.modules, sorted(m for m in sys.modules if m.startswith("scipy"))
+loaded = blas._load_cython_blas()
+import scipy.linalg
+import scipy.linalg.cython_blas as imported
+from scipy.linalg import cython_blas
+assert imported is loaded and cython_blas is loaded  # ... and a later import gets the same module
+print("ok")
+"""
+    assert run(code) == "ok"
 
 
 @needs_jit
-def test_missing_scipy_warns_once_and_falls_back():
+def test_numba_backend_needs_scipy():
     code = """
-import warnings
-with warnings.catch_warnings(record=True) as caught:
-    warnings.simplefilter("always")
-    from levit_np.fast import blas, kernels  # kernels imports blas again
-    import levit_np.fast.blas
-messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
-assert len(messages) == 1 and "without a BLAS" in messages[0] and "pip install" in messages[0], messages
-""" + GEMM_CHECK
-    result = json.loads(run(code, prelude="import sys; sys.modules['scipy'] = None\n"))
-    assert result["blas"] == "none" and result["description"].startswith("none: built-in GEMM (no SciPy BLAS")
+try:
+    from levit_np.fast import blas
+except ImportError as e:
+    print(f"ImportError: {e}")
+"""
+    result = run(code, prelude="import sys; sys.modules['scipy'] = None\n")
+    assert result.startswith("ImportError") and "scipy" in result, result
 
 
 @needs_jit
 def test_cached_gemm_links_to_each_process_blas(tmp_path):
-    # Compiled and cached with one BLAS, loaded from the cache with the other (and back): the machine code names its
-    # BLAS, it holds no address from the process that compiled it.
+    # Compiled and cached in one process, loaded from the cache in others: the machine code names the BLAS routine,
+    # it holds no address from the process that compiled it (each process loads SciPy's BLAS where it can).
     code = """
 import json
 import numpy as np
@@ -167,40 +146,13 @@ for dtype, (ta, tb) in ((np.float32, (False, False)), (np.float64, (False, True)
     a, b, c, big_c = operands(dtype, 5, 7, 9, ta, tb)
     blas.gemm(a, b, c, ta, tb)
     check(a, b, c, big_c, ta, tb, dtype)
-print(json.dumps({"blas": blas.BLAS, "hits": sum(blas.gemm.stats.cache_hits.values()),
+print(json.dumps({"hits": sum(blas.gemm.stats.cache_hits.values()),
                   "misses": sum(blas.gemm.stats.cache_misses.values())}))
 """
     cache = {"NUMBA_CACHE_DIR": str(tmp_path / "cache")}
-    first = json.loads(run(code, LEVIT_NP_BLAS="none", **cache))
-    assert first == {"blas": "none", "hits": 0, "misses": 2}
-    second = json.loads(run(code, LEVIT_NP_BLAS="scipy", **cache))
-    assert second == {"blas": "scipy", "hits": 2, "misses": 0}
-    third = json.loads(run(code, LEVIT_NP_BLAS="none", **cache))
-    assert third == {"blas": "none", "hits": 2, "misses": 0}
-
-
-@needs_jit
-def test_forward_without_a_blas_matches_the_numpy_backend(checkpoint, tmp_path):
-    from helpers import random_pixels  # (helpers imports torch, which the subprocesses above need not)
-
-    _, path = checkpoint("LevitForImageClassification", hidden_sizes=[16, 24, 32], num_attention_heads=[1, 2, 2],
-                         depths=[1, 1, 1], key_dim=[8, 8, 8], image_size=64)
-    np.save(tmp_path / "x.npy", random_pixels(2, 64))
-    code = f"""
-import json
-import numpy as np
-import levit_np
-from levit_np.fast import blas
-x, errors = np.load({str(tmp_path / "x.npy")!r}), {{}}
-for dtype in ("float32", "float64"):
-    ref = levit_np.from_pretrained({path!r}, backend="numpy", dtype=dtype)(x.astype(dtype)).logits
-    ours = levit_np.from_pretrained({path!r}, backend="numba", dtype=dtype)(x.astype(dtype)).logits
-    errors[dtype] = float(np.abs(ours - ref).max() / max(1.0, np.abs(ref).max()))
-print(json.dumps({{"blas": blas.BLAS, "errors": errors}}))
-"""
-    result = json.loads(run(code, LEVIT_NP_BLAS="none"))
-    assert result["blas"] == "none"
-    assert result["errors"]["float32"] <= 1e-4 and result["errors"]["float64"] <= 1e-10, result
+    assert json.loads(run(code, **cache)) == {"hits": 0, "misses": 2}
+    for _ in range(2):
+        assert json.loads(run(code, **cache)) == {"hits": 2, "misses": 0}
 
 
 def test_import_levit_np_imports_neither_numba_nor_scipy():

@@ -113,7 +113,7 @@ def test_tbb_is_the_layer_chosen_where_it_is_installed():
     except metadata.PackageNotFoundError:
         pytest.skip("tbb is not installed (no wheel for this platform)")
     env = {k: v for k, v in os.environ.items() if k != "NUMBA_THREADING_LAYER"}
-    probe = subprocess.run([sys.executable, "-c", "from levit_np.cli import threading_layer; print(threading_layer())"],
-                           capture_output=True, text=True, env=env, timeout=300)
+    code = "from levit_np.fast.report import threading_layer; print(threading_layer())"
+    probe = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert probe.returncode == 0, probe.stderr[-2000:]
     assert probe.stdout.startswith("tbb "), probe.stdout

@@ -7,6 +7,10 @@
     kernels.py   the dense, conv and attention kernels, each behind its documented twin
     tiles.py     how a kernel runs: its tile function compiled once, run on all threads by a prange launcher
     threads.py   the threading layer (TBB preferred), and use from several threads or forked processes
+    target.py    the CPU Numba compiles for, and the micro-kernel's tile on it
+    compiled.py  whether the kernels are compiled (Numba's on-disk cache), and compiling them ahead of time
+    report.py    what `levit-np info` says of the fast path
+    numba_internals.py   every private Numba internal the modules above rely on, each behind a small function
 """
 
 from ..backend import Backend

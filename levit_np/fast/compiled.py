@@ -34,7 +34,7 @@ import numba
 import numpy as np
 
 from .. import __version__
-from . import kernels
+from . import kernels, numba_internals
 from .jit import DISABLE_JIT, SOURCE_HASH
 from .target import numba_target
 
@@ -46,7 +46,7 @@ STEM_WORKER_TIMEOUT = 600  # seconds compile_for waits for its worker before goi
 
 def cache_dir() -> Path:
     """Where Numba keeps the compiled kernels (and we keep the markers)."""
-    return Path(kernels._conv_kernel.dispatcher._cache._cache_path)
+    return numba_internals.cache_dir(kernels._conv_kernel.dispatcher)
 
 
 @functools.cache

@@ -23,8 +23,8 @@ import re
 from dataclasses import dataclass
 
 import llvmlite.binding as ll
-from numba.core import config
-from numba.core.codegen import get_host_cpu_features
+
+from .numba_internals import jit_target
 
 ROWS = 6  # x rows per micro-kernel tile, on every target (see `choose_tile`)
 MAX_VECTORS_PER_ROW = 4  # wider panels only pad narrow layers with more zero columns
@@ -62,11 +62,8 @@ class Tile:
 
 
 def numba_target() -> tuple[str, str, str]:
-    """(triple, cpu, features) that Numba's JIT compiles for, exactly as `numba.core.codegen.JITCPUCodegen` picks
-    them: config.CPU_NAME unless None, else the host's name; config.CPU_FEATURES unless None, else the host's."""
-    cpu = ll.get_host_cpu_name() if config.CPU_NAME is None else config.CPU_NAME
-    features = get_host_cpu_features() if config.CPU_FEATURES is None else config.CPU_FEATURES
-    return ll.get_process_triple(), cpu, features
+    """(triple, cpu, features) that Numba's JIT compiles for (`numba_internals.jit_target`)."""
+    return jit_target()
 
 
 _PROBE = """

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numba
 
+from .numba_internals import thread_pool_started
+
 FORWARD_LOCK = threading.Lock()
 # where pip's tbb wheel installs the library, by platform (its soname, which Numba's TBB layer asks for)
 TBB_LIBRARIES = {"linux": "lib/libtbb.so.12", "darwin": "lib/libtbb.12.dylib", "win32": "Library/bin/tbb12.dll"}
@@ -34,10 +36,8 @@ TBB_LIBRARIES = {"linux": "lib/libtbb.so.12", "darwin": "lib/libtbb.12.dylib", "
 def load_tbb() -> bool:
     """Load pip's TBB from this environment before Numba starts its thread pool, so that Numba can use it; True if
     it is loaded. Does nothing once the pool has started (the layer is chosen then) or where TBB is not installed."""
-    from numba.np.ufunc import parallel
-
     name = next((lib for platform, lib in TBB_LIBRARIES.items() if sys.platform.startswith(platform)), None)
-    if parallel._is_initialized or name is None:
+    if thread_pool_started() or name is None:
         return False
     for prefix in dict.fromkeys([sys.prefix, sys.base_prefix]):
         path = Path(prefix) / name
@@ -56,9 +56,7 @@ _forked_after_launch = False
 
 def _note_fork() -> None:
     global _forked_after_launch
-    from numba.np.ufunc import parallel
-
-    if parallel._is_initialized and numba.threading_layer() == "omp":
+    if thread_pool_started() and numba.threading_layer() == "omp":
         _forked_after_launch = True
 
 

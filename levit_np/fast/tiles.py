@@ -31,6 +31,7 @@ from numba import prange, types
 from numba.extending import intrinsic
 
 from .jit import DISABLE_JIT, kernel
+from .numba_internals import cfunc_wrapper_address, without_meminfo
 
 
 def _fingerprint(arg_types) -> int:
@@ -47,13 +48,9 @@ def _fingerprint_of(typingctx, args):
 
 def _borrowed(context, builder, ty, value):
     # an array argument without its memory-info pointer, as a prange body gets it: whatever reference counting of
-    # its views is left in the tile's code then does nothing (NRT_incref/decref skip a null pointer), rather than
-    # atomic operations on one counter that all threads share. The caller holds the arrays for the whole launch
-    if not isinstance(ty, types.Array):
-        return value
-    array = context.make_array(ty)(context, builder, value)
-    array.meminfo = context.get_constant_null(types.MemInfoPointer(ty.dtype))
-    return array._getvalue()
+    # its views is left in the tile's code then does nothing, rather than atomic operations on one counter that all
+    # threads share. The caller holds the arrays for the whole launch
+    return without_meminfo(context, builder, ty, value) if isinstance(ty, types.Array) else value
 
 
 @intrinsic
@@ -104,10 +101,7 @@ class Tiles:
     def _compile(self, args) -> tuple[int, int]:
         # compile (or load from Numba's cache) the tile function for these arguments -> (address, fingerprint)
         arg_types = tuple(numba.typeof(a) for a in args)
-        signature = (types.int64, *arg_types)
-        self.dispatcher.compile(signature)
-        compiled = self.dispatcher.overloads[signature]
-        address = compiled.library.get_pointer_to_function(compiled.fndesc.llvm_cfunc_wrapper_name)
+        address = cfunc_wrapper_address(self.dispatcher, (types.int64, *arg_types))
         return address, _fingerprint(arg_types)
 
     def __call__(self, n, *args):
