@@ -276,8 +276,7 @@ def _blas_controller():
 
 def _beside_a_compile():
     """NumPy's BLAS on one core fewer while the numba kernels compile in the background on this machine: its threads
-    wait for each other at every product, so one that shares a core with the compiler stalls them all (on 2 cores,
-    several times slower than one thread)."""
+    wait for each other at every product, so one that shares a core with the compiler stalls them all."""
     controller = _blas_controller()
     current = max((lib["num_threads"] for lib in controller.info() if lib["user_api"] == "blas"), default=1)
     return controller.limit(limits=max(1, min(current, (os.cpu_count() or 1) - 1)), user_api="blas")

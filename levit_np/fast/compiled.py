@@ -1,10 +1,9 @@
 """Whether the fast kernels are compiled for this CPU and dtype, and compiling them ahead of time.
 
-Numba compiles the kernels on their first call, which takes far longer than a small job does, and keeps the result
-in its on-disk cache (beside the source, in the user's cache directory when that is read-only, or in
-NUMBA_CACHE_DIR); a later process loads it instead. A marker file in that cache directory records that every kernel
-of one dtype has been compiled for this source, this Numba and this CPU, so that `backend="auto"` can tell a warm
-cache from a cold one without compiling anything.
+Numba compiles the kernels on their first call and keeps the result in its on-disk cache (beside the source, in
+the user's cache directory when that is read-only, or in NUMBA_CACHE_DIR); a later process loads it instead. A
+marker file in that cache directory records that every kernel of one dtype has been compiled for this source, this
+Numba and this CPU, so that `backend="auto"` can tell a warm cache from a cold one without compiling anything.
 
 Numba compiles on one core, so `compile_for` splits the work where there is a second one: a worker process
 compiles the conv stem's kernels (`patch_embeddings` on the model's own stem weights) while this process compiles

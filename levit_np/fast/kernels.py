@@ -137,8 +137,8 @@ def _blas_tiles(M, N, threads):
     mt = min(-(-M // lo), max(threads, -(-M // hi)))
     if mt >= threads:
         return -(-mt // threads) * threads, 1  # a multiple of the thread count, for balance
-    # few rows (small batch, late stages): split the columns too, into 64-wide tiles, which OpenBLAS multiplies up to
-    # twice as fast as wider ones when the rows are few
+    # few rows (small batch, late stages): split the columns too, into 64-wide tiles, so that every thread has tiles
+    # and each BLAS call packs only the 64 columns of the weights that it multiplies
     return mt, max(-(-threads // mt), -(-N // 64))
 
 
@@ -179,7 +179,7 @@ def _panel_product(x, panel, out, c0, bias, activate):
         rows = min(MICRO_ROWS, m - r0)
         if rows == MICRO_ROWS and cols == PANEL:
             micro_gemm(x[r0:r0 + MICRO_ROWS], panel, out[r0:r0 + MICRO_ROWS, c0:c0 + PANEL])  # (MICRO_ROWS, PANEL)
-        else:  # element loops, not slice assignments (whose shape-mismatch message costs seconds to compile)
+        else:  # element loops, not slice assignments (each would compile a shape check and its message into the tile)
             tile = np.empty((MICRO_ROWS, PANEL), x.dtype)  # (MICRO_ROWS, PANEL)
             if rows == MICRO_ROWS:  # only the columns are ragged (a layer narrower than a panel)
                 micro_gemm(x[r0:r0 + MICRO_ROWS], panel, tile)

@@ -8,9 +8,9 @@ by its address.
 
 Why not a `prange` loop around the tile's code, the usual way: Numba compiles the body of a `prange` loop into a
 function of its own (typing it a second time), then links that function, and every function it calls, into the
-library of the function around the loop, where LLVM optimises and generates all of it again. That machinery was
-over half of the first-call compile time. Called through a pointer, a tile and its helpers are compiled once, in
-the tile's own library, and the launcher stays a few lines of IR.
+library of the function around the loop, where LLVM optimises and generates all of it again: every kernel's code
+would be compiled twice. Called through a pointer, a tile and its helpers are compiled once, in the tile's own
+library, and the launcher stays a few lines of IR.
 
 The launcher is compiled per signature of the tile's arguments and checks, when it runs, that the tile behind the
 pointer was compiled for the same types (a fingerprint of them compiled into both); arguments of another type (an
