@@ -220,9 +220,9 @@ def worker(name: str, ckpt: str, onnx_path: str, threads: int) -> None:
 def describe_process(name: str) -> str:
     if name not in ("numpy", "numba", "numba-omp"):
         return ""
-    import levit_np.cli
+    from levit_np.fast.report import fast_path_info
 
-    info = levit_np.cli.fast_path_info()
+    info = fast_path_info()
     return f"{info['cpu']}, tile {info['micro_kernel']}, {info['threading_layer']}, BLAS {info['blas']}"
 
 

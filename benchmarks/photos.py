@@ -4,6 +4,7 @@ practitioner would build, as markdown.
     python benchmarks/photos.py                        # every contender and image set, 3 rounds (~10 min on 2 cores)
     python benchmarks/photos.py --sets 12mp inet --rounds 2 --contenders serial exact fast ceiling
     python benchmarks/photos.py --split                 # exact mode: preprocessing threads x model threads, 12mp+inet
+    python benchmarks/photos.py --fidelity              # fast_decode's deviation from the exact pixel_values, per set
 
 The photos are made from the project's two sample photos (examples/cat.jpg, the COCO two-cats PNG), resized to each
 set's size with a little sensor-like noise so that they compress as photos do (a 12 MP JPEG at quality 90 is ~2 MB):
@@ -217,6 +218,8 @@ def main(argv=None):
                     help="exact mode only: each (preprocessing threads, model threads) pair, to choose the split")
     ap.add_argument("--photos", default=str(Path(tempfile.gettempdir()) / "levit-np-photos"),
                     help="where the photos are made (kept between runs)")
+    ap.add_argument("--fidelity", action="store_true",
+                    help="no timing: fast_decode's deviation from the exact pixel_values, per set")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
@@ -227,6 +230,9 @@ def main(argv=None):
     for name in args.sets:  # into the page cache, for every contender alike
         for f in files[name]:
             Path(f).read_bytes()
+    if args.fidelity:
+        print(fidelity(files))
+        return
     tmp = Path(tempfile.mkdtemp(prefix="levit-photos-"))
     ckpt, onnx_path = prepare(tmp)
     if args.split:
@@ -242,6 +248,21 @@ def main(argv=None):
                 seconds[label, s].append(child(name, files[s], ckpt, onnx_path, threads, pre))
         print(f"round {r + 1}/{args.rounds} done", file=sys.stderr, flush=True)
     print(render(cells, args, files, seconds))
+
+
+def fidelity(files: dict[str, list[str]]) -> str:
+    """|exact - fast_decode| of pixel_values per set: the mean over all values, the largest value, and the largest
+    per-image mean, in pixel_values units and in uint8 steps (one step is 1 / (255 std), ~0.017-0.0175)."""
+    from levit_np.preprocessing import IMAGENET_STD, preprocess
+
+    step = 1 / (255 * max(IMAGENET_STD))  # the smallest pixel_values difference one uint8 step makes
+    lines = ["| set | images | mean abs. difference | worst image's mean | max abs. difference |", "|---|---:|---:|---:|---:|"]
+    for name, paths in files.items():
+        diff = np.abs(preprocess(paths) - preprocess(paths, fast_decode=True))  # (B, 3, 224, 224)
+        per_image = diff.mean(axis=(1, 2, 3))
+        lines.append(f"| {name} | {len(paths)} | {diff.mean():.4f} ({diff.mean() / step:.2f} steps) | "
+                     f"{per_image.max():.4f} | {diff.max():.3f} ({diff.max() / step:.0f} steps) |")
+    return "\n".join(lines)
 
 
 def render(cells, args, files, seconds) -> str:

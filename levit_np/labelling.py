@@ -28,6 +28,7 @@ in row order with the array.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import struct
@@ -87,12 +88,12 @@ def label_batches(model: Levit, images: list[str], *, top_k: int = 5, batch_size
     """label_batch over consecutive batches of `images`, in this process: the next batch is preprocessed on
     `threads` threads while the model runs this one, and while the caller writes its results."""
     names = [shown(image) for image in images]
-    pixels = preprocess_each(images, model.config.image_size, names=names, threads=threads, fast_decode=fast_decode,
-                             ahead=batch_size)
-    for start in range(0, len(images), batch_size):
-        chunk = images[start:start + batch_size]
-        yield _labelled(model, chunk, list(islice(pixels, len(chunk))), names[start:start + batch_size], top_k=top_k,
-                        embeddings=embeddings)
+    with contextlib.closing(preprocess_each(images, model.config.image_size, names=names, threads=threads,
+                                            fast_decode=fast_decode, ahead=batch_size)) as pixels:
+        for start in range(0, len(images), batch_size):
+            chunk = images[start:start + batch_size]
+            yield _labelled(model, chunk, list(islice(pixels, len(chunk))), names[start:start + batch_size],
+                            top_k=top_k, embeddings=embeddings)
 
 
 def _labelled(model: Levit, images: list[str], pixels: list, names: list[str], *, top_k: int,

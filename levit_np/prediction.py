@@ -13,6 +13,7 @@ inf, from a broken checkpoint) is reported as failed, never given NaN probabilit
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections import OrderedDict
@@ -77,13 +78,13 @@ def iter_predictions(images: Iterable, model: Levit, *, top_k: int = 5, batch_si
     if errors not in ("raise", "return"):
         raise ValueError(f"errors must be 'raise' or 'return', found {errors!r}")
     images, names = _with_names(images, names)
-    pixels = preprocess_each(images, model.config.image_size, names=names, threads=threads,
-                             fast_decode=fast_decode, ahead=batch_size)
-    start = 0
-    while batch := list(islice(pixels, batch_size)):
-        results, _, _ = classify(model, batch, names[start:start + len(batch)], top_k=top_k, errors=errors)
-        yield from enumerate(results, start)
-        start += len(batch)
+    with contextlib.closing(preprocess_each(images, model.config.image_size, names=names, threads=threads,
+                                            fast_decode=fast_decode, ahead=batch_size)) as pixels:
+        start = 0
+        while batch := list(islice(pixels, batch_size)):
+            results, _, _ = classify(model, batch, names[start:start + len(batch)], top_k=top_k, errors=errors)
+            yield from enumerate(results, start)
+            start += len(batch)
 
 
 def predict_batch(model: Levit, images: list, names: list[str], *, top_k: int = 5, errors: str = "return",
@@ -91,7 +92,7 @@ def predict_batch(model: Levit, images: list, names: list[str], *, top_k: int = 
     """One forward pass over a batch of images, preprocessed on `threads` threads -> (results, output, rows), as
     `classify` returns them."""
     pixels = list(preprocess_each(images, model.config.image_size, names=names, threads=threads,
-                                  fast_decode=fast_decode))
+                                  fast_decode=fast_decode))  # read to the end: its pool has ended
     return classify(model, pixels, names, top_k=top_k, errors=errors)
 
 

@@ -82,10 +82,12 @@ def preprocess(images, image_size: int | tuple[int, int] = DEFAULT_IMAGE_SIZE, *
     _check_image_size(image_size)
     names = [describe(im, i if len(items) > 1 else None) for i, im in enumerate(items)]
     pixels = []
-    for x in preprocess_each(items, image_size, names=names, threads=threads, fast_decode=fast_decode):
-        if isinstance(x, Exception):
-            raise x
-        pixels.append(x)  # (3, h, w)
+    with contextlib.closing(preprocess_each(items, image_size, names=names, threads=threads,
+                                            fast_decode=fast_decode)) as stream:  # closed, its pool ended, on error
+        for x in stream:
+            if isinstance(x, Exception):
+                raise x
+            pixels.append(x)  # (3, h, w)
     return np.stack(pixels)  # (B, 3, h, w)
 
 
