@@ -7,7 +7,8 @@
 2. for the five released checkpoints, `weights/<name>/` of this source checkout (or of $LEVIT_NP_WEIGHTS),
    e.g. weights/levit-128S/ for facebook/levit-128S;
 3. the Hugging Face cache, downloading into it when online: `hf_hub_download` of config.json and
-   model.safetensors, which honours HF_HOME / HF_HUB_CACHE and HF_HUB_OFFLINE (read when called, not at import).
+   model.safetensors, in the cache and with the offline flag of huggingface_hub's constants (HF_HOME /
+   HF_HUB_CACHE, HF_HUB_OFFLINE), as the environment has them when called, not when huggingface_hub was imported.
    Some facebook/levit-* repos carry model.safetensors only in the Hub's automatic safetensors-conversion pull
    request (refs/pr/N); that revision is used when the main branch has no safetensors, as transformers does.
 When none has the weights, `WeightsNotFoundError` (a FileNotFoundError) says exactly how to get them.
@@ -90,20 +91,26 @@ def weights_dir() -> Path:
 
 
 def hf_cache_dir() -> Path:
-    """The Hugging Face hub cache, computed as huggingface_hub does but from the environment at call time
-    (huggingface_hub reads it once, at import): HF_HUB_CACHE, else HF_HOME/hub, else ~/.cache/huggingface/hub."""
-    env = os.environ
-    cache = env.get("HF_HUB_CACHE") or env.get("HUGGINGFACE_HUB_CACHE")  # the second is the legacy name
-    if not cache:
-        home = env.get("HF_HOME") or os.path.join(env.get("XDG_CACHE_HOME") or "~/.cache", "huggingface")
-        cache = os.path.join(home, "hub")
-    return Path(os.path.expandvars(os.path.expanduser(cache)))
+    """The Hugging Face hub cache: huggingface_hub's `constants.HF_HUB_CACHE` (HF_HUB_CACHE, else HF_HOME/hub, ...)
+    for the environment as it is now (`_hub_constants`)."""
+    return Path(_hub_constants()["HF_HUB_CACHE"])
 
 
 def hf_offline() -> bool:
-    """HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) as huggingface_hub reads it, at call time."""
-    value = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
-    return value.upper() in {"1", "ON", "YES", "TRUE"}
+    """huggingface_hub's `constants.HF_HUB_OFFLINE` (HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE) for the environment now."""
+    return bool(_hub_constants()["HF_HUB_OFFLINE"])
+
+
+def _hub_constants() -> dict:
+    # huggingface_hub computes its constants from the environment once, when it is imported (by transformers, say,
+    # long before a notebook or a test sets HF_HUB_OFFLINE). A fresh copy of its constants module (the imported one
+    # stays as it is) applies its own rules to the environment at this call
+    import importlib.util
+
+    spec = importlib.util.find_spec("huggingface_hub.constants")
+    constants = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(constants)
+    return vars(constants)
 
 
 def hub_snapshot(repo_id: str, *, download: bool | None = None) -> Path:

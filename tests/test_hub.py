@@ -6,11 +6,12 @@
         snapshots/<commit>/model.safetensors        -> ../../blobs/<sha256>
         refs/main                                   <commit>
 
-The environment is set per test with monkeypatch; levit_np reads it at call time (huggingface_hub itself reads it at
-import), which these tests check by changing it after huggingface_hub was imported.
+The environment is set per test with monkeypatch; levit_np applies huggingface_hub's own constants to it at call time
+(huggingface_hub itself reads it at import), which these tests check by changing it after huggingface_hub was imported.
 """
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -91,6 +92,20 @@ def test_hf_home(env, small, tmp_path, monkeypatch):
     snapshot = add_to_cache(tmp_path / "home" / "hub", "facebook/levit-192", small[1])
     assert hub.hf_cache_dir() == tmp_path / "home" / "hub"
     assert hub.resolve("facebook/levit-192") == snapshot
+
+
+@pytest.mark.parametrize("variables", [{}, {"XDG_CACHE_HOME": "xdg"}, {"HF_HOME": "home"},
+                                       {"HUGGINGFACE_HUB_CACHE": "legacy"}, {"HF_HUB_CACHE": "hub", "HF_HOME": "h"},
+                                       {"TRANSFORMERS_OFFLINE": "1"}, {"HF_HUB_OFFLINE": "yes"}])
+def test_cache_and_offline_flag_are_huggingface_hubs(tmp_path, variables):
+    # what huggingface_hub's constants say in a fresh process with these variables, levit_np says too
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_", "TRANSFORMERS_", "XDG_"))}
+    env.update({k: str(tmp_path / v) if k.endswith(("HOME", "CACHE")) else v for k, v in variables.items()})
+    code = ("import json; from huggingface_hub import constants as c; from levit_np import hub; "
+            "print(json.dumps([[c.HF_HUB_CACHE, c.HF_HUB_OFFLINE], [str(hub.hf_cache_dir()), hub.hf_offline()]]))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    theirs, ours = json.loads(out.stdout)
+    assert ours == theirs
 
 
 def test_other_owner(env, small):
