@@ -86,7 +86,7 @@ def run_contender(name: str, files: list[str], ckpt: str, onnx_path: str, thread
     """Load `name`, warm it up, then time it over `files` (seconds)."""
     if name in ("serial", "exact", "fast", "exact-w2", "ceiling"):
         import levit_np
-        from levit_np import labelling, workers
+        from levit_np.app import labelling, workers
         from levit_np.preprocessing import preprocess_each
 
         levit_np.set_num_threads(threads)
@@ -101,7 +101,7 @@ def run_contender(name: str, files: list[str], ckpt: str, onnx_path: str, thread
                 pass
         elif name == "exact-w2":
             spec = {"model": ckpt, "backend": "numba"}
-            for _ in workers.label_batches(spec, files, workers=2, batch_size=BATCH):
+            for _ in workers.label_batches_in_processes(spec, files, workers=2, batch_size=BATCH):
                 pass
         else:
             for _ in labelling.label_batches(model, files, batch_size=BATCH, fast_decode=name == "fast",

@@ -7,9 +7,9 @@
     pixel_values = levit_np.preprocess(["a.jpg", "b.png"])    # HF LevitImageProcessor, bit for bit
 """
 
+from .app.prediction import predict
 from .config import VARIANTS, LevitConfig
 from .model import Levit, LevitOutput, from_pretrained
-from .prediction import predict
 from .preprocessing import preprocess
 
 __version__ = "0.1.0"

@@ -1,5 +1,5 @@
 """`python -m levit_np ...` runs the `levit-np` command line."""
 
-from .cli import main
+from .app.cli import main
 
 raise SystemExit(main())

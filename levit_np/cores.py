@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+from .checks import positive_int
+
 
 def available_cpus() -> int:
     """The cores this process may run on (its affinity mask where the OS has one)."""
@@ -15,8 +17,9 @@ def available_cpus() -> int:
 
 def thread_count(threads, what: str = "threads") -> int:
     """`threads` if it is a positive integer, every available core for None; else a ValueError naming it."""
-    if threads is None:
-        return available_cpus()
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-        raise ValueError(f"{what} must be a positive integer or None (every core), found {threads!r}")
-    return threads
+    return available_cpus() if threads is None else positive_int(threads, what)
+
+
+def threads_per_worker(workers: int) -> int:
+    """The threads each of `workers` processes on this machine runs with: the cores // workers, at least 1."""
+    return max(1, available_cpus() // workers)

@@ -53,6 +53,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .config import as_grid, normalize_image_size
 from .cores import thread_count
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # HF's IMAGENET_DEFAULT_MEAN
@@ -79,7 +80,7 @@ def preprocess(images, image_size: int | tuple[int, int] = DEFAULT_IMAGE_SIZE, *
     items = as_image_list(images)
     if not items:
         raise ValueError("preprocess: no images given (an empty list)")
-    _check_image_size(image_size)
+    normalize_image_size(image_size)  # a bad size fails before any image is read
     names = [describe(im, i if len(items) > 1 else None) for i, im in enumerate(items)]
     pixels = []
     with contextlib.closing(preprocess_each(items, image_size, names=names, threads=threads,
@@ -133,7 +134,7 @@ def preprocess_image(image, image_size: int | tuple[int, int] = DEFAULT_IMAGE_SI
     """One image -> (3, h, w) float32, (h, w) = image_size (S x S for an integer S). `name` is how errors refer to
     it. fast_decode=True: a reduced-scale JPEG decode and a reducing resize, not bit-exact (module docstring)."""
     name = name or describe(image)
-    crop_h, crop_w = _check_image_size(image_size)
+    crop_h, crop_w = as_grid(normalize_image_size(image_size))
     box = resize_box(image_size)
     rgb, (full_h, full_w) = _load(image, name, draft_box=box if fast_decode else None)
     height, width = resize_to_cover(full_h, full_w, box)  # from the full size: a draft decode keeps the geometry
@@ -411,15 +412,3 @@ def _from_array(a: np.ndarray, name: str) -> Image.Image:
         a = a[:, :, 0]
     return Image.fromarray(np.ascontiguousarray(a))  # mode L, RGB or RGBA from the shape
 
-
-def _check_image_size(image_size) -> tuple[int, int]:
-    """A positive integer S or a (height, width) pair of them -> (height, width); ValueError otherwise."""
-    def positive(v) -> bool:
-        return not isinstance(v, bool) and isinstance(v, (int, np.integer)) and v >= 1
-
-    if isinstance(image_size, (tuple, list)) and len(image_size) == 2 and all(map(positive, image_size)):
-        return int(image_size[0]), int(image_size[1])
-    if positive(image_size):
-        return int(image_size), int(image_size)
-    raise ValueError(f"image_size must be a positive integer or a (height, width) pair of them, found "
-                     f"{image_size!r}")

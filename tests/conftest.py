@@ -6,7 +6,7 @@ import pytest
 import transformers
 from hypothesis import HealthCheck, settings
 
-from helpers import RTOL, WORST, build_hf, save_hf
+from helpers import RTOL, SMALL, WORST, build_hf, save_hf
 
 # CI and local runs see the same examples: derandomize draws them from a hash of the test, not a clock.
 settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True,
@@ -30,6 +30,18 @@ def checkpoint(tmp_path_factory):
         return cache[key]
 
     return make
+
+
+@pytest.fixture(scope="session")
+def small_hf(checkpoint):
+    """(hf_model, checkpoint_dir): the tests' usual random checkpoint, a 64 px helpers.SMALL with 10 labels."""
+    return checkpoint("LevitForImageClassificationWithTeacher", seed=3, num_labels=10, **SMALL)
+
+
+@pytest.fixture(scope="session")
+def small(small_hf):
+    """The directory of `small_hf`'s checkpoint."""
+    return small_hf[1]
 
 
 def pytest_terminal_summary(terminalreporter):

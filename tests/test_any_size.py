@@ -39,8 +39,8 @@ from helpers import (
     save_hf,
 )
 from levit_np import layers, resize
+from levit_np.app.cli import image_size_arg, main
 from levit_np.checkpoint import hf_layer_keys, load_checkpoint
-from levit_np.cli import image_size_arg, main
 from levit_np.config import Layer, LevitConfig
 from levit_np.preprocessing import resize_shape, resize_to_cover
 

@@ -15,15 +15,10 @@ import pytest
 from PIL import Image
 
 import levit_np
-from helpers import HF_VARIANTS, SMALL
-from levit_np.cli import main
+from helpers import HF_VARIANTS
+from levit_np.app.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def small(checkpoint):
-    return checkpoint("LevitForImageClassificationWithTeacher", seed=11, num_labels=10, **SMALL)[1]
 
 
 @pytest.fixture(autouse=True)

@@ -1,4 +1,4 @@
-"""levit_np.distributed on a real local Dask cluster (2 worker processes): the shards equal one process's output
+"""levit_np.app.distributed on a real local Dask cluster (2 worker processes): the shards equal one process's output
 bit for bit, a worker SIGKILLed in the middle of a task has that task rerun with every image labelled once, and
 `levit-np distributed` resumes a folder of shards."""
 
@@ -13,18 +13,18 @@ pytest.importorskip("distributed", reason="the dask extra: pip install 'levit-np
 from distributed import Client, LocalCluster
 from distributed.diagnostics.plugin import WorkerPlugin
 
-from helpers import SMALL, write_photos
-from levit_np.cli import main
-from levit_np.distributed import default_shard_size, predict_dataset, read_embeddings, read_shards, shard_files
-from levit_np.labelling import read_embeddings as read_jsonl_embeddings
-from levit_np.labelling import read_records, record_line
+from helpers import write_photos
+from levit_np.app.cli import main
+from levit_np.app.distributed import (
+    default_shard_size,
+    predict_dataset,
+    read_shard_embeddings,
+    read_shards,
+    shard_files,
+)
+from levit_np.app.labelling import read_embeddings, read_records, record_line
 
 N_IMAGES = 100
-
-
-@pytest.fixture(scope="module")
-def small(checkpoint):
-    return checkpoint("LevitForImageClassificationWithTeacher", seed=7, num_labels=10, **SMALL)[1]
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,7 @@ def one_process(small, photos, tmp_path_factory):
             jsonl, npy = folder / f"{backend}.jsonl", folder / f"{backend}.npy"
             assert main(["predict", str(photos), "--model", small, "--backend", backend, "--batch-size", "4",
                          "--jsonl", str(jsonl), "--embeddings", str(npy)]) == 1  # broken.png
-            done[backend] = read_records(jsonl)[0], read_jsonl_embeddings(jsonl, npy)[1]
+            done[backend] = read_records(jsonl)[0], read_embeddings(jsonl, npy)[1]
         return done[backend]
 
     return run
@@ -72,7 +72,7 @@ def test_cluster_equals_one_process_bit_for_bit(client, small, photos, one_proce
     assert len(run.shards) == 9 and run.shards == shard_files(out) and not run.failed_shards
     assert [image for image, _ in run.failures] == [str(photos / "sub2" / "broken.png")]
     assert without_rows(read_shards(out)) == without_rows(records)  # the same lines, in the same order
-    images, shard_vectors = read_embeddings(out)
+    images, shard_vectors = read_shard_embeddings(out)
     assert images == [r["image"] for r in records if "predictions" in r]
     assert shard_vectors.dtype == np.float32 and np.array_equal(shard_vectors, vectors)
     assert not list(out.glob(".*"))  # no temporary file left

@@ -29,11 +29,6 @@ COMMIT = "0123456789abcdef0123456789abcdef01234567"
 PR_COMMIT = "fedcba9876543210fedcba9876543210fedcba98"
 
 
-@pytest.fixture(scope="module")
-def small(checkpoint):
-    return checkpoint("LevitForImageClassificationWithTeacher", seed=7, num_labels=10, **SMALL)
-
-
 def add_to_cache(cache: Path, repo_id: str, source: str | Path, *, commit=COMMIT, ref="main",
                  files=("config.json", "model.safetensors")) -> Path:
     """Put `files` of checkpoint dir `source` into `cache` the way hf_hub_download stores them; returns snapshot."""
@@ -66,9 +61,9 @@ def env(tmp_path, monkeypatch):
     return cache, weights
 
 
-def test_hub_id_from_cache(env, small):
+def test_hub_id_from_cache(env, small_hf):
     cache, _ = env
-    hf_model, path = small
+    hf_model, path = small_hf
     snapshot = add_to_cache(cache, "facebook/levit-128S", path)
     assert hub.resolve("facebook/levit-128S") == snapshot
     model = levit_np.from_pretrained("facebook/levit-128S")
@@ -81,7 +76,7 @@ def test_hub_id_from_cache(env, small):
 
 @pytest.mark.parametrize("name", ["128S", "levit-128S", "levit-128s", "128s"])
 def test_variant_names(env, small, name):
-    snapshot = add_to_cache(env[0], "facebook/levit-128S", small[1])
+    snapshot = add_to_cache(env[0], "facebook/levit-128S", small)
     assert hub.hub_id(name) == "facebook/levit-128S"
     assert hub.resolve(name) == snapshot
 
@@ -89,7 +84,7 @@ def test_variant_names(env, small, name):
 def test_hf_home(env, small, tmp_path, monkeypatch):
     monkeypatch.delenv("HF_HUB_CACHE")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "home"))
-    snapshot = add_to_cache(tmp_path / "home" / "hub", "facebook/levit-192", small[1])
+    snapshot = add_to_cache(tmp_path / "home" / "hub", "facebook/levit-192", small)
     assert hub.hf_cache_dir() == tmp_path / "home" / "hub"
     assert hub.resolve("facebook/levit-192") == snapshot
 
@@ -109,14 +104,14 @@ def test_cache_and_offline_flag_are_huggingface_hubs(tmp_path, variables):
 
 
 def test_other_owner(env, small):
-    snapshot = add_to_cache(env[0], "someone/levit-finetuned", small[1])
+    snapshot = add_to_cache(env[0], "someone/levit-finetuned", small)
     assert hub.resolve("someone/levit-finetuned") == snapshot
 
 
 def test_weights_dir_comes_first(env, small):
     cache, weights = env
-    add_to_cache(cache, "facebook/levit-128S", small[1])
-    shutil.copytree(small[1], weights / "levit-128S")
+    add_to_cache(cache, "facebook/levit-128S", small)
+    shutil.copytree(small, weights / "levit-128S")
     assert hub.resolve("facebook/levit-128S") == weights / "levit-128S"
     assert hub.resolve("128S") == weights / "levit-128S"
 
@@ -124,8 +119,8 @@ def test_weights_dir_comes_first(env, small):
 def test_weights_dir_only_for_released_checkpoints(env, small):
     # weights/levit-128S/ is facebook's: someone else's levit-128S must not silently load it
     cache, weights = env
-    shutil.copytree(small[1], weights / "levit-128S")
-    snapshot = add_to_cache(cache, "someone/levit-128S", small[1])
+    shutil.copytree(small, weights / "levit-128S")
+    snapshot = add_to_cache(cache, "someone/levit-128S", small)
     assert hub.resolve("someone/levit-128S") == snapshot
 
 
@@ -135,9 +130,9 @@ def test_weights_dir_default_is_the_checkout(monkeypatch):
 
 
 def test_local_directory_comes_first(env, small, tmp_path):
-    add_to_cache(env[0], "facebook/levit-128S", small[1])
+    add_to_cache(env[0], "facebook/levit-128S", small)
     local = tmp_path / "facebook" / "levit-128S"  # ./facebook/levit-128S relative to the working directory
-    shutil.copytree(small[1], local)
+    shutil.copytree(small, local)
     assert hub.resolve("facebook/levit-128S") == Path("facebook/levit-128S")
 
 
@@ -174,8 +169,8 @@ def test_download_false_never_touches_the_network(env, monkeypatch):
 def test_incomplete_main_falls_back_to_a_cached_pr_revision(env, small):
     # repos whose safetensors live only in the conversion PR: main holds config.json alone, refs/pr/1 both files
     cache, _ = env
-    add_to_cache(cache, "facebook/levit-128", small[1], files=("config.json",))
-    pr = add_to_cache(cache, "facebook/levit-128", small[1], commit=PR_COMMIT, ref="refs/pr/1")
+    add_to_cache(cache, "facebook/levit-128", small, files=("config.json",))
+    pr = add_to_cache(cache, "facebook/levit-128", small, commit=PR_COMMIT, ref="refs/pr/1")
     assert hub.resolve("facebook/levit-128") == pr
 
 
@@ -204,7 +199,7 @@ def test_download_uses_the_conversion_pr_when_main_has_no_safetensors(env, small
         calls.append((filename, revision, local_files_only))
         if revision == "main" and filename == "model.safetensors":
             raise EntryNotFoundError(f"{filename} not found")
-        shutil.copy(Path(small[1]) / filename, local_dir / filename)
+        shutil.copy(Path(small) / filename, local_dir / filename)
         return str(local_dir / filename)
 
     class FakeApi:
@@ -269,7 +264,7 @@ def test_fetch_rejects_non_hub_names():
 
 def test_hub_libraries_are_imported_only_when_needed(small):
     # `import levit_np`, and loading a local directory, import neither huggingface_hub nor tqdm
-    code = (f"import sys, levit_np\nlevit_np.from_pretrained({small[1]!r})\n"
+    code = (f"import sys, levit_np\nlevit_np.from_pretrained({small!r})\n"
             f"print(' '.join(m for m in ('huggingface_hub', 'tqdm') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""

@@ -16,16 +16,12 @@ import tqdm
 
 import levit_np
 from helpers import SMALL, write_photos
-from levit_np.cli import main
-from levit_np.labelling import EmbeddingsFile, JsonlOutput, read_embeddings, read_records
+from levit_np.app.cli import main
+from levit_np.app.collection import image_files
+from levit_np.app.labelling import EmbeddingsFile, JsonlOutput, read_embeddings, read_records
 
 REPO = Path(__file__).resolve().parents[1]
 N_IMAGES = 40
-
-
-@pytest.fixture(scope="module")
-def small(checkpoint):
-    return checkpoint("LevitForImageClassificationWithTeacher", seed=5, num_labels=10, **SMALL)[1]
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +62,7 @@ def test_jsonl_lines_are_the_json_lines_plus_errors(small, photos, tmp_path, cap
     [error] = [r for r in records if "error" in r]
     assert error == {"image": str(photos / "sub1" / "broken.jpg"),
                      "error": f"{photos / 'sub1' / 'broken.jpg'}: not an image file Pillow can read"}
-    assert sorted(r["image"] for r in records) == sorted(levit_np.cli.image_files(photos))  # each image once
+    assert sorted(r["image"] for r in records) == sorted(image_files(photos))  # each image once
 
 
 def test_embeddings_are_the_pooler_output(small, photos, reference):
@@ -128,7 +124,7 @@ SELF_KILL = textwrap.dedent("""
     # levit-np predict, SIGKILLed by itself in the middle of writing its third batch: the batch's embedding rows
     # are written, then the first 30 bytes of its lines
     import os, signal, sys
-    from levit_np import cli, labelling
+    from levit_np.app import cli, labelling
 
     calls = []
     real = labelling.JsonlOutput._write
@@ -300,5 +296,5 @@ def test_import_levit_np_imports_no_engine():
     code = "import levit_np, sys; print(' '.join(sys.modules))"
     loaded = set(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                                 check=True).stdout.split())
-    assert not {"dask", "distributed", "ray", "torch", "transformers", "levit_np.labelling"} & loaded
+    assert not {"dask", "distributed", "ray", "torch", "transformers", "levit_np.app.labelling"} & loaded
     assert os.environ.get("LEVIT_NP_BACKGROUND_COMPILE") == "0"  # conftest: no compile left running

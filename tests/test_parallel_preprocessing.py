@@ -17,9 +17,9 @@ from PIL import Image
 from transformers import LevitImageProcessorPil
 
 import levit_np
-from helpers import ALL_BACKENDS, SMALL
-from levit_np.cli import main
-from levit_np.labelling import label_batches
+from helpers import ALL_BACKENDS
+from levit_np.app.cli import main
+from levit_np.app.labelling import label_batches
 from levit_np.preprocessing import preprocess_each, preprocess_image
 
 HF = LevitImageProcessorPil()
@@ -61,11 +61,6 @@ def photos(tmp_path_factory):
         save(photo(1000, 750, 5), folder / "big.png"),
         save(photo(500, 375, 6), folder / "inet.png"),
     ]
-
-
-@pytest.fixture(scope="module")
-def small(checkpoint):
-    return checkpoint("LevitForImageClassificationWithTeacher", seed=3, num_labels=10, **SMALL)[1]
 
 
 # --- exact mode: the pool changes nothing ---------------------------------------------------------------------------
@@ -129,8 +124,8 @@ def test_predict_reads_a_generator_of_images(small):
 
     listed = [np.asarray(photo(90 + i, 70, seed=i)) for i in range(7)]
     model = levit_np.from_pretrained(small, backend="numpy")
-    lazily = list(levit_np.prediction.iter_predictions(images(), model, batch_size=3))
-    assert lazily == list(levit_np.prediction.iter_predictions(listed, model, batch_size=3))
+    lazily = list(levit_np.app.prediction.iter_predictions(images(), model, batch_size=3))
+    assert lazily == list(levit_np.app.prediction.iter_predictions(listed, model, batch_size=3))
     assert [i for i, _ in lazily] == list(range(7))
 
 

@@ -11,16 +11,10 @@ from transformers import LevitImageProcessorPil
 
 import levit_np
 from helpers import RTOL, SMALL
-from levit_np import prediction as predict_module
+from levit_np.app import prediction as predict_module
 
 # A small model (64 px, 10 labels) so that each test runs in milliseconds; predict must follow its image_size.
 NUM_LABELS = 10
-
-
-@pytest.fixture(scope="module")
-def small(checkpoint):
-    """(hf_model, checkpoint_dir) of a randomised LevitForImageClassificationWithTeacher, 64 px, 10 labels."""
-    return checkpoint("LevitForImageClassificationWithTeacher", seed=3, num_labels=NUM_LABELS, **SMALL)
 
 
 @pytest.fixture(autouse=True)
@@ -57,8 +51,8 @@ def assert_matches(predictions, probs, top_k):
     assert all(p >= kth - RTOL["float32"] for p in ref)
 
 
-def test_single_image_matches_hf(small):
-    hf_model, path = small
+def test_single_image_matches_hf(small_hf):
+    hf_model, path = small_hf
     a = images(1)[0]
     predictions = levit_np.predict(a, model=path)
     assert isinstance(predictions, list) and all(isinstance(lab, str) and isinstance(p, float)
@@ -66,8 +60,8 @@ def test_single_image_matches_hf(small):
     assert_matches(predictions, hf_probabilities(hf_model, [a])[0], top_k=5)
 
 
-def test_list_of_mixed_inputs_matches_hf(small, tmp_path):
-    hf_model, path = small
+def test_list_of_mixed_inputs_matches_hf(small_hf, tmp_path):
+    hf_model, path = small_hf
     arrays = images(3)
     Image.fromarray(arrays[0]).save(tmp_path / "a.png")
     inputs = [str(tmp_path / "a.png"), Image.fromarray(arrays[1]), arrays[2]]
@@ -79,7 +73,7 @@ def test_list_of_mixed_inputs_matches_hf(small, tmp_path):
 
 def test_probabilities_are_the_softmax_of_our_logits(small):
     # tight check of predict's own plumbing: softmax computed here, in float64, from model(preprocess(x)).logits
-    _, path = small
+    path = small
     arrays = images(3)
     model = levit_np.from_pretrained(path)
     logits = model(levit_np.preprocess(arrays, image_size=64)).logits.astype(np.float64)  # (3, 10)
@@ -92,7 +86,7 @@ def test_probabilities_are_the_softmax_of_our_logits(small):
 
 
 def test_batch_array_and_empty_list(small):
-    _, path = small
+    path = small
     batch = np.stack([a[:50, :50] for a in images(2)])  # (2, 50, 50, 3) uint8
     results = levit_np.predict(batch, model=path)
     assert len(results) == 2 and all(len(r) == 5 for r in results)
@@ -100,7 +94,7 @@ def test_batch_array_and_empty_list(small):
 
 
 def test_batches_bound_memory(small, monkeypatch):
-    _, path = small
+    path = small
     model = levit_np.from_pretrained(path)
     seen = []
     call = levit_np.Levit.__call__
@@ -122,7 +116,7 @@ def test_batches_bound_memory(small, monkeypatch):
 
 
 def test_models_are_cached(small, monkeypatch):
-    _, path = small
+    path = small
     calls = []
     load = predict_module.from_pretrained
     monkeypatch.setattr(predict_module, "from_pretrained", lambda *a, **kw: calls.append(a) or load(*a, **kw))
@@ -136,7 +130,7 @@ def test_models_are_cached(small, monkeypatch):
 
 
 def test_loaded_model_and_backend(small):
-    _, path = small
+    path = small
     model = levit_np.from_pretrained(path, backend="numpy")
     a = images(1)[0]
     assert levit_np.predict(a, model=model) == levit_np.predict(a, model=path, backend="numpy")
@@ -156,7 +150,7 @@ def test_both_classification_heads(checkpoint, cls):
 
 
 def test_top_k(small):
-    _, path = small
+    path = small
     a = images(1)[0]
     assert len(levit_np.predict(a, model=path, top_k=1)) == 1
     everything = levit_np.predict(a, model=path, top_k=100)  # more than there are labels: all of them
@@ -167,7 +161,7 @@ def test_top_k(small):
 @pytest.mark.parametrize("top_k", [0, -1, 2.5, True, "5"])
 def test_bad_top_k(small, top_k):
     with pytest.raises(ValueError, match="top_k"):
-        levit_np.predict(images(1)[0], model=small[1], top_k=top_k)
+        levit_np.predict(images(1)[0], model=small, top_k=top_k)
 
 
 def test_bare_levit_model_refused(checkpoint):
@@ -194,17 +188,17 @@ def test_not_an_image_file(small, tmp_path):
     path = tmp_path / "fake.png"
     path.write_bytes(b"GIF89a but not really")
     with pytest.raises(OSError, match=r"image 1 \(.*fake.png\): not an image file"):
-        levit_np.predict([images(1)[0], str(path)], model=small[1])
+        levit_np.predict([images(1)[0], str(path)], model=small)
 
 
 def test_empty_image(small):
     with pytest.raises(ValueError, match=r"image 1 .*empty"):
-        levit_np.predict([images(1)[0], np.zeros((0, 4, 3), np.uint8)], model=small[1])
+        levit_np.predict([images(1)[0], np.zeros((0, 4, 3), np.uint8)], model=small)
 
 
 def test_wrong_dtype_array(small):
     with pytest.raises(ValueError, match=r"image 0 \(array of shape \(8, 8, 3\) and dtype float64\).*uint8"):
-        levit_np.predict([np.zeros((8, 8, 3))], model=small[1])
+        levit_np.predict([np.zeros((8, 8, 3))], model=small)
 
 
 def test_missing_model_directory(tmp_path):

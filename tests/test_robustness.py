@@ -28,9 +28,9 @@ from transformers import LevitImageProcessorPil
 
 import levit_np
 from helpers import ALL_BACKENDS, RTOL, SMALL
-from levit_np import prediction as predict_module
 from levit_np import preprocessing
-from levit_np.cli import main
+from levit_np.app import prediction as predict_module
+from levit_np.app.cli import main
 
 NUM_LABELS = 10
 REPO = Path(__file__).resolve().parents[1]
@@ -38,15 +38,9 @@ HF = LevitImageProcessorPil()  # 224 px, as levit_np.preprocess by default
 HF_RGB = LevitImageProcessorPil(do_convert_rgb=True)  # grayscale / RGBA converted first, as ours does
 
 
-@pytest.fixture(scope="module")
-def small(checkpoint):
-    """(hf_model, checkpoint_dir) of a randomised 64 px, 10-label LevitForImageClassificationWithTeacher."""
-    return checkpoint("LevitForImageClassificationWithTeacher", seed=3, num_labels=NUM_LABELS, **SMALL)
-
-
 @pytest.fixture
 def model(small):
-    return levit_np.from_pretrained(small[1], backend="numpy")
+    return levit_np.from_pretrained(small, backend="numpy")
 
 
 @pytest.fixture(autouse=True)
@@ -337,7 +331,7 @@ def test_cli_folder_of_fuzzed_files_prints_every_good_image(small, tmp_path):
             (folder / f"{fmt}-{variant}{ext}").write_bytes(blob)
             bad.append(str(folder / f"{fmt}-{variant}{ext}"))
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONWARNINGS="ignore")
-    proc = subprocess.run([sys.executable, "-m", "levit_np", "predict", str(folder), "--model", small[1], "--json",
+    proc = subprocess.run([sys.executable, "-m", "levit_np", "predict", str(folder), "--model", small, "--json",
                            "--backend", "numpy", "--batch-size", "16"], capture_output=True, text=True, env=env,
                           timeout=600, cwd=tmp_path)
     assert "Traceback" not in proc.stderr
@@ -366,7 +360,7 @@ def test_cli_folder_reports_each_pillow_failure_per_image(small, tmp_path, monke
         return load(self)
 
     monkeypatch.setattr(ImageFile.ImageFile, "load", load_or_fail)
-    code, out, err = run_cli(capsys, "predict", folder, "--model", small[1], "--json", "--backend", "numpy")
+    code, out, err = run_cli(capsys, "predict", folder, "--model", small, "--json", "--backend", "numpy")
     assert code == 1
     assert [strict_json(line)["image"] for line in out.splitlines()] == good
     assert "1 of 3 inputs failed" in err and f"{folder / 'b-bad.png'}:" in err
@@ -390,8 +384,8 @@ def test_encoded_files_preprocess_as_the_decoded_image(tmp_path, fmt):
     assert_same(levit_np.preprocess(list(encodings(path).values())), np.concatenate([ref] * 6))
 
 
-def test_predict_on_encoded_files_matches_hf(small, tmp_path):
-    hf_model, path = small
+def test_predict_on_encoded_files_matches_hf(small_hf, tmp_path):
+    hf_model, path = small_hf
     files = [save_png(tmp_path, f"{i}.png", seed=i) for i in range(2)]
     inputs = [files[0].read_bytes(), open(files[1], "rb")]
     results = levit_np.predict(inputs, model=path, backend="numpy")
@@ -404,13 +398,13 @@ def test_predict_on_encoded_files_matches_hf(small, tmp_path):
 
 def test_bad_encoded_files_are_named(small, tmp_path):
     with raises(OSError, "image 1 (bytes of length 12)", "not an image file"):
-        levit_np.predict([random_uint8((8, 8, 3)), b"not an image"], model=small[1], backend="numpy")
+        levit_np.predict([random_uint8((8, 8, 3)), b"not an image"], model=small, backend="numpy")
     with raises(OSError, "BytesIO", "not an image file"):
-        levit_np.predict(io.BytesIO(b"GIF89a but not really"), model=small[1], backend="numpy")
+        levit_np.predict(io.BytesIO(b"GIF89a but not really"), model=small, backend="numpy")
     path = save_png(tmp_path, "cut.png")
     path.write_bytes(path.read_bytes()[:200])
     with open(path, "rb") as f, raises(OSError, f"file object '{path}'"):
-        levit_np.predict(f, model=small[1], backend="numpy")
+        levit_np.predict(f, model=small, backend="numpy")
 
 
 @pytest.mark.parametrize("kind", ["empty-bytes", "empty-memoryview", "text-file", "StringIO", "closed-file"])
@@ -446,11 +440,11 @@ def parse_text_output(out: str, top_k: int) -> list[tuple[str, list[str]]]:
 def test_text_output_of_odd_names_is_unambiguous(small, tmp_path, capsys):
     folder = tmp_path / "photos"
     paths = sorted(str(save_png(folder, name, seed=i)) for i, name in enumerate(ODD_NAMES))
-    code, out, err = run_cli(capsys, "predict", folder, "--model", small[1], "--top-k", "2", "--backend", "numpy")
+    code, out, err = run_cli(capsys, "predict", folder, "--model", small, "--top-k", "2", "--backend", "numpy")
     assert code == 0 and err == ""
     assert [name for name, _ in parse_text_output(out, top_k=2)] == paths
     assert "photos/plain name.png\n" in out and "photos/ünïcode.png\n" in out  # printable names stay as they are
-    code, out, _ = run_cli(capsys, "predict", folder, "--model", small[1], "--json", "--backend", "numpy")
+    code, out, _ = run_cli(capsys, "predict", folder, "--model", small, "--json", "--backend", "numpy")
     assert [strict_json(line)["image"] for line in out.splitlines()] == paths
 
 
@@ -459,7 +453,7 @@ def test_relative_names_with_edge_spaces_or_quotes_are_quoted(small, tmp_path, c
     names = [" leading.png", "trailing.png ", "'quoted'.png", '"double".png', "plain.png"]
     for i, name in enumerate(names):
         save_png(tmp_path, name, seed=i)
-    code, out, _ = run_cli(capsys, "predict", *names, "--model", small[1], "--top-k", "1", "--backend", "numpy")
+    code, out, _ = run_cli(capsys, "predict", *names, "--model", small, "--top-k", "1", "--backend", "numpy")
     assert code == 0
     assert [name for name, _ in parse_text_output(out, top_k=1)] == names
     assert out.splitlines()[::2] == [repr(n) for n in names[:4]] + ["plain.png"]
@@ -471,7 +465,7 @@ def test_undecodable_file_name_prints(small, tmp_path, capsys):
         Image.fromarray(random_uint8((30, 30, 3))).save(f, "PNG")
     name = os.fsdecode(raw)  # holds a lone surrogate, which stdout cannot encode as is
     for flag in ([], ["--json"]):
-        code, out, _ = run_cli(capsys, "predict", name, "--model", small[1], "--backend", "numpy", *flag)
+        code, out, _ = run_cli(capsys, "predict", name, "--model", small, "--backend", "numpy", *flag)
         assert code == 0
         out.encode("utf-8")  # strict: no lone surrogate reaches the output
     assert strict_json(out)["image"] == name
@@ -481,7 +475,7 @@ def test_failure_list_quotes_odd_names(small, tmp_path, capsys):
     broken = tmp_path / "bro\nken.png"
     broken.write_text("no PNG")
     good = save_png(tmp_path, "fine.png")
-    code, out, err = run_cli(capsys, "predict", broken, good, "--model", small[1], "--backend", "numpy")
+    code, out, err = run_cli(capsys, "predict", broken, good, "--model", small, "--backend", "numpy")
     assert code == 1 and out.splitlines()[0] == str(good)
     assert err.splitlines() == ["levit-np: 1 of 2 inputs failed:",
                                 f"  {str(broken)!r}: not an image file Pillow can read"]
@@ -548,7 +542,7 @@ def test_cli_json_stays_strict_json_with_nonfinite_logits(small, poisoned, tmp_p
     save_png(folder, "b-overflow.png")
     save_png(folder, "d-nan.png")
     with np.errstate(all="ignore"):
-        code, out, err = run_cli(capsys, "predict", folder, "--model", small[1], "--json", "--backend", "numpy",
+        code, out, err = run_cli(capsys, "predict", folder, "--model", small, "--json", "--backend", "numpy",
                                  "--batch-size", "2")
     assert code == 1
     records = [strict_json(line) for line in out.splitlines()]
@@ -561,7 +555,7 @@ def test_cli_json_stays_strict_json_with_nonfinite_logits(small, poisoned, tmp_p
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_nan_pixel_values_propagate_without_raising(small, backend):
     # what the README says model(pixel_values) does with NaN: NaN outputs for that image, the others untouched
-    m = levit_np.from_pretrained(small[1], backend=backend)
+    m = levit_np.from_pretrained(small, backend=backend)
     x = np.random.default_rng(0).standard_normal((2, 3, 64, 64), dtype=np.float32)
     clean = m(x[1:]).logits
     x[0, 1, 10, 20] = np.nan
@@ -575,7 +569,7 @@ def test_nan_pixel_values_propagate_without_raising(small, backend):
 
 @pytest.fixture
 def ckpt(small, tmp_path):
-    shutil.copytree(small[1], tmp_path / "ckpt")
+    shutil.copytree(small, tmp_path / "ckpt")
     return tmp_path / "ckpt"
 
 
@@ -718,7 +712,7 @@ def test_concurrent_predict_on_a_cold_cache_loads_once(small, monkeypatch):
     def worker(i):
         try:
             barrier.wait()
-            results[i] = levit_np.predict(image, model=small[1], backend="numpy")
+            results[i] = levit_np.predict(image, model=small, backend="numpy")
         except Exception as e:  # reported below, in the main thread
             errors.append(e)
 
@@ -736,7 +730,7 @@ def test_cache_keeps_the_two_most_recent_models(small, monkeypatch):
     loads = []
     load = predict_module.from_pretrained
     monkeypatch.setattr(predict_module, "from_pretrained", lambda *a, **kw: loads.append(a[0]) or load(*a, **kw))
-    a = os.fspath(small[1])
+    a = os.fspath(small)
     b, c = a + "/", a + "//"  # three names of one checkpoint: three cache entries
     for name in (a, b, a, c, a, b):
         levit_np.predict(random_uint8((8, 8, 3)), model=name, backend="numpy")
@@ -797,7 +791,7 @@ def test_pickled_or_copied_model_computes_the_same_bits(small, backend, copy_wit
     import copy
     import pickle
 
-    model = levit_np.from_pretrained(small[1], backend=backend)
+    model = levit_np.from_pretrained(small, backend=backend)
     x = np.random.default_rng(0).standard_normal((3, 3, 64, 64)).astype(np.float32)
     before = model(x, output_hidden_states=True)
     clone = pickle.loads(pickle.dumps(model)) if copy_with == "pickle" else copy.deepcopy(model)
@@ -817,7 +811,7 @@ def test_pickled_model_in_a_spawned_process_pool(small):
     import multiprocessing
     import pickle
 
-    model = levit_np.from_pretrained(small[1], backend="numpy")
+    model = levit_np.from_pretrained(small, backend="numpy")
     images = [random_uint8((50 + 10 * i, 60, 3), seed=i) for i in range(3)]
     with concurrent.futures.ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
         remote = list(pool.map(levit_np.predict, images, [model] * 3))

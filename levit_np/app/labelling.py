@@ -29,19 +29,20 @@ in row order with the array.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
-import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 
 import numpy as np
+from numpy.lib import format as npy_format
 
-from .model import Levit
+from ..model import Levit
+from ..preprocessing import preprocess_each, shown
 from .prediction import classify
-from .preprocessing import preprocess_each, shown
 
 
 @dataclass
@@ -56,11 +57,6 @@ class LabelledBatch:
     @property
     def failures(self) -> list[tuple[str, str]]:
         return [(image, r) for image, r in zip(self.images, self.results, strict=True) if isinstance(r, str)]
-
-
-def unique(images: Iterable[str]) -> list[str]:
-    """The images in order, each once (a file given twice, or inside two folders given, is labelled once)."""
-    return list(dict.fromkeys(images))
 
 
 def batches(images: list, batch_size: int) -> Iterator[list]:
@@ -254,13 +250,19 @@ class JsonlOutput:
 # --- the embeddings file -----------------------------------------------------------------------------------------
 
 HEADER_BYTES = 128  # the .npy header, fixed in size so that it can be rewritten in place with any row count
-MAGIC = b"\x93NUMPY\x01\x00"
+DTYPE = np.dtype("<f4")
 
 
 def _header(rows: int, width: int) -> bytes:
-    text = f"{{'descr': '<f4', 'fortran_order': False, 'shape': ({rows}, {width}), }}"
-    body = text.ljust(HEADER_BYTES - len(MAGIC) - 2 - 1) + "\n"  # .npy v1.0: magic, uint16 length, dict, "\n"
-    return MAGIC + struct.pack("<H", len(body)) + body.encode("latin1")
+    """The .npy (version 1.0) header of a (rows, width) float32 array, as numpy.lib.format writes it: padded to a
+    multiple of 64 bytes, which is HEADER_BYTES for any row count and width a file can hold."""
+    buffer = io.BytesIO()
+    npy_format.write_array_header_1_0(buffer, {"descr": npy_format.dtype_to_descr(DTYPE), "fortran_order": False,
+                                               "shape": (rows, width)})
+    header = buffer.getvalue()
+    if len(header) != HEADER_BYTES:  # a shape numpy's padding does not fit in HEADER_BYTES: never in practice
+        raise ValueError(f"a ({rows}, {width}) embeddings header takes {len(header)} bytes, not {HEADER_BYTES}")
+    return header
 
 
 class EmbeddingsFile:
@@ -291,17 +293,8 @@ class EmbeddingsFile:
             self._file.flush()
 
     def _resume(self, rows: int) -> None:
-        head = self._file.read(HEADER_BYTES)
-        shape = None
-        if len(head) == HEADER_BYTES and head.startswith(MAGIC):
-            text = head[10:].decode("latin1")
-            prefix = "{'descr': '<f4', 'fortran_order': False, 'shape': ("
-            if text.startswith(prefix):
-                try:
-                    shape = tuple(int(v) for v in text[len(prefix):].partition(")")[0].split(","))
-                except ValueError:
-                    shape = None
-        if shape is None or len(shape) != 2:
+        shape = _read_header(self._file)
+        if shape is None:
             self._file.close()
             raise ValueError(f"{self.path} is not an embeddings file written by levit-np (a float32 .npy with a "
                              f"{HEADER_BYTES}-byte header)")
@@ -341,6 +334,20 @@ class EmbeddingsFile:
             self._file.flush()
             os.fsync(self._file.fileno())
             self._file.close()
+
+
+def _read_header(file) -> tuple[int, int] | None:
+    """The (rows, width) of the .npy header at the start of `file` if it is ours (version 1.0, little-endian
+    float32, C order, 2-D, HEADER_BYTES long), else None."""
+    try:
+        if npy_format.read_magic(file) != (1, 0):
+            return None
+        shape, fortran_order, dtype = npy_format.read_array_header_1_0(file)
+    except ValueError:  # not a .npy file, or a header numpy cannot parse
+        return None
+    if file.tell() != HEADER_BYTES or fortran_order or dtype != DTYPE or len(shape) != 2:
+        return None
+    return shape
 
 
 def read_embeddings(jsonl: str | os.PathLike, npy: str | os.PathLike) -> tuple[list[str], np.ndarray]:

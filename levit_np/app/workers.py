@@ -2,10 +2,16 @@
 
 Each worker is a fresh interpreter (multiprocessing's "spawn", never "fork": a child forked after Numba's OpenMP
 pool started would hang, see `fast/threads.py`), loads the model once (`prediction.load_model`'s per-process
-cache) and runs with cores // N threads, so that N workers share the cores instead of fighting over them. The
-batches are the ones one process runs (`labelling.batches`), and they come back in order, so the output equals one
-process's, bit for bit (the numba backend's rows do not depend on the batch or the thread count; the numpy
-backend's do not depend on the thread count).
+cache) and runs with cores // N threads (`cores.threads_per_worker`), so that N workers share the cores instead of
+fighting over them. The batches are the ones one process runs (`labelling.batches`), and they come back in order,
+so the output equals one process's, bit for bit (the numba backend's rows do not depend on the batch or the thread
+count; the numpy backend's do not depend on the thread count).
+
+Why both this and the Dask local cluster (`distributed.predict_dataset(workers=N)`, `levit-np distributed
+--local-cluster N`), which also run a job on N local processes: this one needs no Dask (a plain install) and feeds
+one resumable JSONL file, in order, the file one process writes; the local cluster runs the very code path of a
+real cluster (shards, task retries, a lost worker's task run again), so that a cluster job can be tried on one
+machine. Both size their workers with `cores.threads_per_worker` and set them up with `use_threads`.
 """
 
 from __future__ import annotations
@@ -19,27 +25,16 @@ from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
-from .cores import available_cpus
+from ..checks import positive_int
+from ..cores import threads_per_worker
 from .labelling import LabelledBatch, batches, label_batch
 
 AHEAD = 2  # batches queued per worker beyond the one it runs: enough to never idle, few enough to bound memory
 
 
-def threads_per_worker(workers: int) -> int:
-    """cores // workers, at least 1."""
-    return max(1, available_cpus() // workers)
-
-
-def check_workers(workers) -> int:
-    """`workers` if it is a positive integer, else a ValueError naming it."""
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise ValueError(f"workers must be a positive integer, found {workers!r}")
-    return workers
-
-
-def label_batches(model_spec: dict, images: list[str], *, workers: int, top_k: int = 5, batch_size: int = 32,
-                  embeddings: bool = False, fast_decode: bool = False,
-                  threads: int | None = None) -> Iterator[LabelledBatch]:
+def label_batches_in_processes(model_spec: dict, images: list[str], *, workers: int, top_k: int = 5,
+                               batch_size: int = 32, embeddings: bool = False, fast_decode: bool = False,
+                               threads: int | None = None) -> Iterator[LabelledBatch]:
     """labelling.label_batches on `workers` spawned processes: the same batches, yielded in order.
 
     model_spec: the keyword arguments of `prediction.load_model` (model, backend, ...) each worker loads with.
@@ -47,7 +42,7 @@ def label_batches(model_spec: dict, images: list[str], *, workers: int, top_k: i
     raises (say, the weights are missing) raises here with its own error; a worker that dies (killed, out of memory)
     raises ChildProcessError.
     """
-    check_workers(workers)
+    positive_int(workers, "workers")
     chunks = list(batches(images, batch_size))
     if not chunks:
         return
@@ -77,21 +72,22 @@ def label_batches(model_spec: dict, images: list[str], *, workers: int, top_k: i
         pool.shutdown(wait=True, cancel_futures=True)
 
 
+def use_threads(threads: int) -> None:
+    """Run this process's model on `threads` threads, at most NUMBA_NUM_THREADS (all Numba allows here): a
+    --workers process and a Dask task set themselves up with it."""
+    import numba
+
+    from ..fast import set_num_threads
+
+    set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+
+
 def _start_worker(threads: int) -> None:
     # Ctrl-C reaches the whole process group: the parent stops the job, the workers just go with their pool
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # a parent killed outright (SIGKILL) closes no queue: without this, its workers would wait for work forever
     threading.Thread(target=_exit_with_parent, daemon=True).start()
     use_threads(threads)
-
-
-def use_threads(threads: int) -> None:
-    """Run this process's model on `threads` threads, at most NUMBA_NUM_THREADS (all Numba allows here)."""
-    import numba
-
-    from .fast.blas import set_num_threads
-
-    set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
 
 
 def _exit_with_parent() -> None:

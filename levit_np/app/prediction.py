@@ -22,11 +22,12 @@ from itertools import islice
 
 import numpy as np
 
-from .config import normalize_image_size
-from .cores import thread_count
-from .hub import DEFAULT_MODEL
-from .model import Levit, from_pretrained
-from .preprocessing import as_image_list, check_image, describe, is_single_image, preprocess_each
+from ..checks import positive_int
+from ..config import normalize_image_size
+from ..cores import thread_count
+from ..hub import DEFAULT_MODEL
+from ..model import Levit, from_pretrained
+from ..preprocessing import as_image_list, check_image, describe, is_single_image, preprocess_each
 
 DEFAULT_BATCH_SIZE = 32  # 32 x 3 x 224 x 224 float32 = 19 MB of input per batch
 CACHED_MODELS = 2  # loaded models kept, least recently used dropped first
@@ -55,8 +56,8 @@ def predict(images, model: str | os.PathLike | Levit = DEFAULT_MODEL, top_k: int
     names = [describe(im, None if single else i) for i, im in enumerate(items)]
     for im, name in zip(items, names, strict=True):  # cheap checks first, before any model loads
         check_image(im, name=name)
-    _check_positive_int(top_k, "top_k")
-    _check_positive_int(batch_size, "batch_size")
+    positive_int(top_k, "top_k")
+    positive_int(batch_size, "batch_size")
     thread_count(threads)
     m = load_model(model, backend, image_size)
     results = [preds for _, preds in iter_predictions(items, m, top_k=top_k, batch_size=batch_size, names=names,
@@ -211,7 +212,3 @@ def clear_model_cache() -> None:
     with _models_lock:
         _models.clear()
 
-
-def _check_positive_int(value, what: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{what} must be a positive integer, found {value!r}")

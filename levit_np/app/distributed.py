@@ -3,7 +3,7 @@
     levit-np distributed photos/ --scheduler tcp://10.0.0.1:8786 --output labels/   # a running cluster
     levit-np distributed photos/ --local-cluster 2 --output labels/                   # N worker processes here
 
-    from levit_np.distributed import predict_dataset, read_shards
+    from levit_np.app.distributed import predict_dataset, read_shards
     run = predict_dataset("photos/", "labels/", scheduler="tcp://10.0.0.1:8786")   # a DatasetRun
     records = read_shards("labels/")    # the lines of every shard, in shard order
 
@@ -12,8 +12,10 @@ every worker, with levit-np itself; the images' paths and the output folder must
 shared file system), and the weights where `from_pretrained` finds them on each worker (a checkpoint directory on
 the shared file system, or each worker's Hugging Face cache).
 
-How it runs: the images (folders expanded on the submitting machine, each image once) are cut into shards of
-`shard_size` images, whole batches of `batch_size`, and each shard is one task (`label_shard`). A worker loads the
+How it runs (`predict_dataset`): planning (`plan_dataset`: the folders expanded on the submitting machine, each
+image once, the shards already in `output` read), submission (`submit_shards`: the images left cut into shards of
+`shard_size` images, whole batches of `batch_size`, each shard one task, `label_shard`) and collection
+(`collect_shards`: each task's outcome, as it completes, into the `DatasetRun`). A worker loads the
 model once, on its first task, and keeps it: Dask's worker processes live as long as the cluster, so
 `prediction.load_model`'s per-process cache holds it (what Ray Data's callable classes are for). A task writes
 its shard to a temporary file and renames it to `part-NNNNNN.jsonl` (with `part-NNNNNN.npy` for embeddings) when
@@ -23,6 +25,9 @@ file that exists is complete. The lines are those of `levit-np predict --jsonl` 
 order, hold the lines one process writes, bit for bit (the batches are the same).
 
 `resume=True` reads the shards already in `output`, skips their images, and numbers the new shards after them.
+
+The local cluster (`scheduler=None`, `--local-cluster N`) runs N processes on this machine, as `predict --workers N`
+does; `workers.py` says why both are kept.
 """
 
 from __future__ import annotations
@@ -38,8 +43,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .hub import DEFAULT_MODEL
-from .labelling import JsonlOutput, label_batches, read_records, unique
+from ..checks import non_negative_int, positive_int
+from ..cores import available_cpus, threads_per_worker
+from ..hub import DEFAULT_MODEL
+from .collection import collect_images, unique
+from .labelling import JsonlOutput, batches, label_batches, read_embeddings, read_records
+from .prediction import load_model
+from .workers import use_threads
 
 SHARD_NAME = "part-{:06d}"  # part-000000.jsonl, part-000000.npy
 SHARD_PATTERN = re.compile(r"part-(\d{6,})\.jsonl")
@@ -84,31 +94,80 @@ def predict_dataset(images: str | os.PathLike | Iterable[str | os.PathLike], out
     task raised that is no image's own (the weights are missing, the output cannot be written); images that
     cannot be read are `failures`, and tasks the engine gave up on are `failed_shards`, not exceptions.
     """
-    from .cli import collect_images  # the folder walk of `levit-np predict`
-    from .prediction import _check_positive_int
+    _check_arguments(top_k=top_k, batch_size=batch_size, shard_size=shard_size, retries=retries, threads=threads)
+    plan = plan_dataset(images, output, resume=resume, embeddings=embeddings)
+    run = DatasetRun(images=len(plan.images), skipped=len(plan.images) - len(plan.todo), labelled=0,
+                     failures=plan.failures)
+    if not plan.todo:
+        return run
+    model_spec = {"model": os.fspath(model) if isinstance(model, os.PathLike) else model, "backend": backend}
+    if image_size is not None:
+        model_spec["image_size"] = image_size
+    job = {"model": model_spec, "output": str(plan.output), "top_k": top_k, "batch_size": batch_size,
+           "embeddings": embeddings, "threads": threads, "fast_decode": fast_decode}
+    client, close = _connect(scheduler, workers, job)
+    try:
+        if shard_size is None:
+            shard_size = default_shard_size(len(plan.todo), batch_size, sum(client.nthreads().values()))
+        futures = submit_shards(client, list(batches(plan.todo, shard_size)), plan.next_index, job, retries)
+        collect_shards(futures, run, plan.output, progress=progress)
+    finally:
+        close()
+    if not run.failed_shards:
+        for leftover in plan.output.glob(".part-*.tmp"):  # from tasks whose worker was killed while writing
+            leftover.unlink(missing_ok=True)
+    run.shards.sort()
+    return run
 
-    _check_positive_int(top_k, "top_k")
-    _check_positive_int(batch_size, "batch_size")
-    if shard_size is not None:
-        _check_positive_int(shard_size, "shard_size")
-    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
-        raise ValueError(f"retries must be a non-negative integer, found {retries!r}")
+
+def _check_arguments(*, top_k, batch_size, shard_size, retries, threads) -> None:
+    positive_int(top_k, "top_k")
+    positive_int(batch_size, "batch_size")
+    non_negative_int(retries, "retries")
     if threads is not None:
-        _check_positive_int(threads, "threads")
-    if shard_size is not None and shard_size % batch_size:
+        positive_int(threads, "threads")
+    if shard_size is not None and positive_int(shard_size, "shard_size") % batch_size:
         raise ValueError(f"shard_size ({shard_size}) must be a multiple of batch_size ({batch_size}), so that each "
                          f"shard runs whole batches, the same as one process")
+
+
+# --- planning: the images, and those the output's shards hold already ----------------------------------------------
+
+@dataclass
+class DatasetPlan:
+    """What a job is to do: its images (each once), those not in `output`'s shards yet, the failures known so far
+    (folders without images, and the error lines of the shards there) and the number of its first new shard."""
+
+    output: Path
+    images: list[str]
+    todo: list[str]
+    failures: list[tuple[str, str]]
+    next_index: int
+
+
+def plan_dataset(images: str | os.PathLike | Iterable[str | os.PathLike], output: str | os.PathLike, *,
+                 resume: bool = False, embeddings: bool = False) -> DatasetPlan:
+    """The folders walked (`collection.collect_images`), the output folder checked (it exists, or is made, and can
+    be written) and, with resume, its shards read: which images are left to do."""
     if isinstance(images, (str, os.PathLike)):
         images = [images]
     found, folder_failures, _ = collect_images([os.fspath(image) for image in images])
     found = unique(found)
-
     out = _output_folder(output)
-    existing = shard_files(out)
+    done, shard_failures, next_index = read_done(out, resume=resume, embeddings=embeddings)
+    wanted = set(found)
+    failures = folder_failures + [f for f in shard_failures if f[0] in wanted]  # this job's images only
+    return DatasetPlan(out, found, [image for image in found if image not in done], failures, next_index)
+
+
+def read_done(output: Path, *, resume: bool, embeddings: bool) -> tuple[set[str], list[tuple[str, str]], int]:
+    """(the images the shards in `output` hold, their (image, message) error lines, the number after the last
+    shard's). Shards there without resume, or written with(out) embeddings unlike this job, are an error."""
+    existing = shard_files(output)
     if existing and not resume:
-        raise FileExistsError(f"{out} already holds {len(existing)} shards: pass resume=True (--resume) to continue "
-                              f"that job, or use another folder")
-    done, failures, next_index, kinds = set(), list(folder_failures), 0, set()
+        raise FileExistsError(f"{output} already holds {len(existing)} shards: pass resume=True (--resume) to "
+                              f"continue that job, or use another folder")
+    done, failures, next_index, kinds = set(), [], 0, set()
     for path in existing:
         for record in read_records(path)[0]:
             done.add(record["image"])
@@ -118,43 +177,54 @@ def predict_dataset(images: str | os.PathLike | Iterable[str | os.PathLike], out
                 kinds.add("embedding" in record)
         next_index = max(next_index, _shard_index(path) + 1)
     if kinds and kinds != {embeddings}:
-        raise ValueError(f"{out} holds shards written {'with' if True in kinds else 'without'} embeddings: resume "
-                         f"it {'with' if True in kinds else 'without'} embeddings (--embeddings)")
-    wanted = set(found)
-    failures = [f for f in failures if f[0] in wanted or f in folder_failures]  # this job's images only
-    todo = [image for image in found if image not in done]
-    run = DatasetRun(images=len(found), skipped=len(found) - len(todo), labelled=0, failures=failures)
-    if not todo:
-        return run
+        said = "with" if True in kinds else "without"
+        raise ValueError(f"{output} holds shards written {said} embeddings: resume it {said} embeddings "
+                         f"(--embeddings)")
+    return done, failures, next_index
 
-    model_spec = {"model": os.fspath(model) if isinstance(model, os.PathLike) else model, "backend": backend}
-    if image_size is not None:
-        model_spec["image_size"] = image_size
-    job = {"model": model_spec, "output": str(out), "top_k": top_k, "batch_size": batch_size,
-           "embeddings": embeddings, "threads": threads, "fast_decode": fast_decode}
-    client, close = _connect(scheduler, workers, job)
-    if shard_size is None:
-        shard_size = default_shard_size(len(todo), batch_size, sum(client.nthreads().values()))
-    shards = [todo[i:i + shard_size] for i in range(0, len(todo), shard_size)]
-    from distributed import as_completed
-    from tqdm import tqdm
 
+def default_shard_size(images: int, batch_size: int, threads: int) -> int:
+    """Whole batches, at most SHARD_BATCHES, and few enough that `threads` worker threads get TASKS_PER_THREAD
+    tasks each (at least one batch)."""
+    per_task = -(-images // (TASKS_PER_THREAD * max(threads, 1)))  # ceil
+    return min(SHARD_BATCHES, max(1, -(-per_task // batch_size))) * batch_size
+
+
+# --- submission and collection -------------------------------------------------------------------------------------
+
+def submit_shards(client, shards: list[list[str]], first_index: int, job: dict, retries: int) -> dict:
+    """One task per shard (`label_shard`), numbered from `first_index` -> {future: (shard index, images)}. Should a
+    submission fail, the tasks already submitted are cancelled."""
     token = uuid.uuid4().hex[:12]  # task keys of this run, unique on a long-lived cluster
     futures = {}
     try:
-        for i, shard in enumerate(shards):
-            index = next_index + i
+        for index, shard in enumerate(shards, first_index):
             future = client.submit(label_shard, index, shard, job, key=f"levit-np-shard-{token}-{index}",
                                    retries=retries, pure=False)
             futures[future] = (index, len(shard))
-        with tqdm(total=len(found), initial=run.skipped, unit="img", file=sys.stderr,
+    except BaseException:
+        for future in futures:
+            future.cancel()
+        raise
+    return futures
+
+
+def collect_shards(futures: dict, run: DatasetRun, output: Path, *, progress: bool = False) -> None:
+    """Wait for the tasks `submit_shards` made, adding each one's outcome to `run` as it completes (a progress bar
+    on stderr with `progress`). A task's error that is no image's own (OSError, ValueError: every task would fail)
+    is raised, the tasks left cancelled; one the engine gave up on for other reasons is a failed shard."""
+    from distributed import as_completed
+    from tqdm import tqdm
+
+    try:
+        with tqdm(total=run.images, initial=run.skipped, unit="img", file=sys.stderr,
                   disable=None if progress else True) as bar:
             for future in as_completed(list(futures)):
                 index, size = futures.pop(future)
                 if future.status == "finished":
                     result = future.result()
                     run.failures.extend(tuple(f) for f in result["failures"])
-                    run.shards.append(out / f"{SHARD_NAME.format(index)}.jsonl")
+                    run.shards.append(output / f"{SHARD_NAME.format(index)}.jsonl")
                     run.labelled += size
                 else:
                     error = future.exception()
@@ -166,27 +236,13 @@ def predict_dataset(images: str | os.PathLike | Iterable[str | os.PathLike], out
     finally:
         for future in futures:
             future.cancel()
-        close()
-    if not run.failed_shards:
-        for leftover in out.glob(".part-*.tmp"):  # from tasks whose worker was killed while writing
-            leftover.unlink(missing_ok=True)
-    run.shards.sort()
-    return run
 
 
-def default_shard_size(images: int, batch_size: int, threads: int) -> int:
-    """Whole batches, at most SHARD_BATCHES, and few enough that `threads` worker threads get TASKS_PER_THREAD
-    tasks each (at least one batch)."""
-    per_task = -(-images // (TASKS_PER_THREAD * max(threads, 1)))  # ceil
-    return min(SHARD_BATCHES, max(1, -(-per_task // batch_size))) * batch_size
-
+# --- a task, on a worker -------------------------------------------------------------------------------------------
 
 def label_shard(index: int, images: list[str], job: dict) -> dict:
     """One task, on a worker: label `images` into part-{index}.jsonl (+ .npy) of job["output"], atomically.
     Returns {"shard", "images", "failures", "worker"}."""
-    from .prediction import load_model
-    from .workers import use_threads
-
     if job.get("threads"):
         use_threads(job["threads"])  # this task's thread runs the model
     model = load_model(**job["model"])  # once per worker process: the cache keeps it for the next tasks
@@ -212,6 +268,8 @@ def label_shard(index: int, images: list[str], job: dict) -> dict:
             "worker": f"{socket.gethostname()}:{os.getpid()}"}
 
 
+# --- reading the shards --------------------------------------------------------------------------------------------
+
 def shard_files(output: str | os.PathLike) -> list[Path]:
     """The complete shards in `output` (part-NNNNNN.jsonl), in shard order."""
     folder = Path(output)
@@ -226,13 +284,12 @@ def read_shards(output: str | os.PathLike) -> list[dict]:
     return [record for path in shard_files(output) for record in read_records(path)[0]]
 
 
-def read_embeddings(output: str | os.PathLike) -> tuple[list[str], np.ndarray]:
-    """(images, (n, C) float32 array): the embeddings of every shard in `output`, in shard order."""
-    from .labelling import read_embeddings as read_pair
-
+def read_shard_embeddings(output: str | os.PathLike) -> tuple[list[str], np.ndarray]:
+    """(images, (n, C) float32 array): the embeddings of every shard in `output`, in shard order (each shard's
+    pair read by `labelling.read_embeddings`)."""
     images, arrays = [], []
     for path in shard_files(output):
-        names, array = read_pair(path, path.with_suffix(".npy"))
+        names, array = read_embeddings(path, path.with_suffix(".npy"))
         images += names
         arrays.append(np.asarray(array))
     if not arrays:
@@ -265,7 +322,7 @@ def _connect(scheduler, workers: int | None, job: dict):
         import dask
         from distributed import Client, LocalCluster
     except ImportError as e:
-        raise ModuleNotFoundError(f"levit_np.distributed needs Dask ({e}): pip install 'levit-np[dask]'") from None
+        raise ModuleNotFoundError(f"levit_np.app.distributed needs Dask ({e}): pip install 'levit-np[dask]'") from None
     if scheduler is not None:
         if workers is not None:
             raise ValueError("workers is for the local cluster (scheduler=None); a running cluster has its own")
@@ -281,9 +338,7 @@ def _connect(scheduler, workers: int | None, job: dict):
         except (OSError, TimeoutError) as e:
             raise OSError(f"cannot reach the Dask scheduler {text}: {e}") from None
         return client, client.close
-    from .workers import available_cpus, check_workers, threads_per_worker
-
-    n = check_workers(workers if workers is not None else available_cpus())
+    n = positive_int(workers if workers is not None else available_cpus(), "workers")
     if job["threads"] is None:
         job["threads"] = threads_per_worker(n)
     # spawned worker processes (Dask's default, made explicit): never a fork of a process that ran Numba's pool.
