@@ -15,7 +15,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # a source checkout works without installing levit-np
 
-from levit_np.cli import main  # noqa: E402
+from levit_np.app.cli import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main(["fetch", "--dir", str(HERE), *sys.argv[1:]]))
