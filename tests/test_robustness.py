@@ -696,7 +696,7 @@ def test_empty_model_name_in_predict_and_cli(bad, tmp_path, capsys):
 
 # --- 8. threads share the model cache: one load ------------------------------------------------------------------
 
-def test_concurrent_predict_on_a_cold_cache_loads_once(small, monkeypatch):
+def test_concurrent_predict_on_a_cold_cache_loads_once(small, small_hf, monkeypatch):
     loads = []
     load = predict_module.from_pretrained
 
@@ -723,7 +723,7 @@ def test_concurrent_predict_on_a_cold_cache_loads_once(small, monkeypatch):
         t.join(timeout=120)
     assert not errors and len(loads) == 1
     assert all(r == results[0] for r in results)
-    assert_matches_hf(results[0], hf_probabilities(small[0], [Image.fromarray(image)])[0])
+    assert_matches_hf(results[0], hf_probabilities(small_hf[0], [Image.fromarray(image)])[0])
 
 
 def test_cache_keeps_the_two_most_recent_models(small, monkeypatch):
@@ -787,7 +787,7 @@ def test_weights_file_with_trailing_bytes_or_cut_short_is_refused(ckpt):
 
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
 @pytest.mark.parametrize("copy_with", ["pickle", "deepcopy"])
-def test_pickled_or_copied_model_computes_the_same_bits(small, backend, copy_with):
+def test_pickled_or_copied_model_computes_the_same_bits(small, small_hf, backend, copy_with):
     import copy
     import pickle
 
@@ -803,7 +803,7 @@ def test_pickled_or_copied_model_computes_the_same_bits(small, backend, copy_wit
     for a, b in zip(after.hidden_states, before.hidden_states, strict=True):
         np.testing.assert_array_equal(a, b)
     assert_matches_hf(levit_np.predict(random_uint8((70, 90, 3)), model=clone),
-                      hf_probabilities(small[0], [Image.fromarray(random_uint8((70, 90, 3)))])[0])
+                      hf_probabilities(small_hf[0], [Image.fromarray(random_uint8((70, 90, 3)))])[0])
 
 
 def test_pickled_model_in_a_spawned_process_pool(small):
