@@ -91,7 +91,7 @@ class LevitConfig:
             raise ValueError(f"{source}: expected a JSON object, found {type(d).__name__}")
         model_type = d.get("model_type", "levit")
         if model_type != "levit":
-            raise ValueError(f"{source}: model_type is {_show(model_type)}, not 'levit'")
+            raise ValueError(f"{source}: model_type is {short_repr(model_type)}, not 'levit'")
         kw = {}
         for name in PER_STAGE:
             if name in d:
@@ -145,8 +145,9 @@ MAX_CONFIG_BYTES = 64 * 2**20  # bytes of config.json; a million labels in id2la
 PER_STAGE = ("hidden_sizes", "num_attention_heads", "depths", "key_dim", "mlp_ratio", "attention_ratio")
 
 
-def _show(v) -> str:
-    """A short repr for error messages: long lists, deep nesting, long strings and huge numbers abridged."""
+def short_repr(v) -> str:
+    """A short repr of any value for error messages: long lists, deep nesting, long strings and huge numbers
+    abridged (`preprocessing.shown` is another thing: a name as it is, quoted only where it could be misread)."""
     r = reprlib.Repr()
     r.maxlist = r.maxtuple = r.maxdict = 8
     r.maxstring = r.maxother = r.maxlong = 60
@@ -159,15 +160,15 @@ def _show(v) -> str:
 
 def _int(v, what: str) -> int:
     if isinstance(v, bool) or not isinstance(v, int):
-        raise ValueError(f"{what} must be an integer, found {_show(v)}")
+        raise ValueError(f"{what} must be an integer, found {short_repr(v)}")
     return v
 
 
 def _int_tuple(v, what: str, length: int) -> tuple[int, ...]:
     if not isinstance(v, (list, tuple)):
-        raise ValueError(f"{what} must be a list of integers, found {_show(v)}")
+        raise ValueError(f"{what} must be a list of integers, found {short_repr(v)}")
     if len(v) != length:  # checked first: a list of a million entries fails at once
-        raise ValueError(f"{what} must have {length} entries (one per stage), found {len(v)}: {_show(v)}")
+        raise ValueError(f"{what} must have {length} entries (one per stage), found {len(v)}: {short_repr(v)}")
     return tuple(_int(x, what) for x in v)
 
 
@@ -175,16 +176,16 @@ def _parse_down_ops(v, what: str) -> tuple[Subsample, ...]:
     # HF layout: [["Subsample", key_dim, heads, attention_ratio, mlp_ratio, stride], ..., [""]];
     # every HF model build appends one more [""], which marks "no downsampling after the last stage".
     if not isinstance(v, (list, tuple)):
-        raise ValueError(f"{what} must be a list, found {_show(v)}")
+        raise ValueError(f"{what} must be a list, found {short_repr(v)}")
     if len(v) > MAX_DOWN_OPS:
-        raise ValueError(f"{what} has {len(v)} entries, more than the {MAX_DOWN_OPS} allowed: {_show(v)}")
+        raise ValueError(f"{what} has {len(v)} entries, more than the {MAX_DOWN_OPS} allowed: {short_repr(v)}")
     ops = []
     for i, op in enumerate(v):
         if isinstance(op, (list, tuple)) and len(op) >= 1 and op[0] == "":
             continue
         if not (isinstance(op, (list, tuple)) and len(op) == 6 and op[0] == "Subsample"):
             raise ValueError(f"{what}[{i}] must be ['Subsample', key_dim, heads, attention_ratio, mlp_ratio, stride]"
-                             f" or [''], found {_show(op)}")
+                             f" or [''], found {short_repr(op)}")
         ops.append(Subsample(*(_int(x, f"{what}[{i}]") for x in op[1:])))
     return tuple(ops)
 
@@ -198,7 +199,7 @@ def _parse_id2label(d: dict, source: str) -> dict[int, str]:
     if raw is None:
         return {i: f"LABEL_{i}" for i in range(2 if n is None else n)}
     if not isinstance(raw, dict):
-        raise ValueError(f"{source}: id2label must be an object, found {_show(raw)}")
+        raise ValueError(f"{source}: id2label must be an object, found {short_repr(raw)}")
     _num_labels(len(raw), f"{source}: the number of id2label entries")
     if n is not None and n != len(raw):
         raise ValueError(f"{source}: num_labels={n} disagrees with the {len(raw)} entries of id2label; remove one")
@@ -207,19 +208,20 @@ def _parse_id2label(d: dict, source: str) -> dict[int, str]:
         i = _label_id(key)
         if i is None or i in id2label:
             raise ValueError(f"{source}: id2label keys must be the integers 0..{len(raw) - 1}, each once, found "
-                             f"{_show(key)}")
+                             f"{short_repr(key)}")
         if not isinstance(label, str):
-            raise ValueError(f"{source}: id2label[{_show(key)}] must be a string, found {_show(label)}")
+            raise ValueError(f"{source}: id2label[{short_repr(key)}] must be a string, found {short_repr(label)}")
         id2label[i] = label
     if sorted(id2label) != list(range(len(id2label))):
-        raise ValueError(f"{source}: id2label keys must be 0..{len(id2label) - 1}, found {_show(sorted(id2label))}")
+        raise ValueError(f"{source}: id2label keys must be 0..{len(id2label) - 1}, "
+                         f"found {short_repr(sorted(id2label))}")
     return id2label
 
 
 def _num_labels(v, what: str) -> int:
     n = _int(v, what)
     if not 0 <= n <= MAX_LABELS:
-        raise ValueError(f"{what} must be in 0..{MAX_LABELS}, found {_show(n)}")
+        raise ValueError(f"{what} must be in 0..{MAX_LABELS}, found {short_repr(n)}")
     return n
 
 
@@ -237,7 +239,7 @@ def _parse_architectures(v, what: str) -> str | None:
     if v is None:
         return None
     if not isinstance(v, list) or not all(isinstance(a, str) for a in v):
-        raise ValueError(f"{what} must be a list of class names, found {_show(v)}")
+        raise ValueError(f"{what} must be a list of class names, found {short_repr(v)}")
     return next((a for a in v if a in ARCHITECTURES), None)
 
 
@@ -246,16 +248,16 @@ def _check_ints(c: LevitConfig, name: str, low: int, high: int) -> None:
     v = getattr(c, name)
     values = v if isinstance(v, tuple) else (v,)
     if not all(isinstance(x, numbers.Integral) and not isinstance(x, bool) for x in values):
-        raise ValueError(f"{name} must be made of integers, found {_show(v)}")
+        raise ValueError(f"{name} must be made of integers, found {short_repr(v)}")
     if not all(low <= x <= high for x in values):
-        raise ValueError(f"{name} must be in {low}..{high}, found {_show(list(v) if isinstance(v, tuple) else v)}")
+        raise ValueError(f"{name} must be in {low}..{high}, found {short_repr(list(v) if isinstance(v, tuple) else v)}")
 
 
 def _validate(c: LevitConfig) -> None:
     for name in PER_STAGE:
         v = getattr(c, name)
         if not isinstance(v, (tuple, list)) or len(v) != NUM_STAGES:
-            raise ValueError(f"{name} must have {NUM_STAGES} entries (one per stage), found {_show(v)}")
+            raise ValueError(f"{name} must have {NUM_STAGES} entries (one per stage), found {short_repr(v)}")
         object.__setattr__(c, name, tuple(v))  # a list given in Python becomes a tuple, as from_dict makes it
         low = 0 if name in ("depths", "mlp_ratio") else 1
         _check_ints(c, name, low, MAX_DEPTH if name == "depths" else MAX_SIZE)
@@ -266,7 +268,7 @@ def _validate(c: LevitConfig) -> None:
     _check_labels(c)
     if c.architecture is not None and c.architecture not in ARCHITECTURES:
         raise ValueError(f"architecture must be one of {', '.join(ARCHITECTURES)} or None, found "
-                         f"{_show(c.architecture)}")
+                         f"{short_repr(c.architecture)}")
     if not c.down_ops:  # HF LevitConfig.__post_init__
         kd, hs = c.key_dim[0], c.hidden_sizes
         object.__setattr__(c, "down_ops", tuple(Subsample(kd, hs[s] // kd, 4, 2, 2) for s in range(NUM_STAGES - 1)))
@@ -286,7 +288,7 @@ def _validate(c: LevitConfig) -> None:
         stem.append(side)
         grid.append(pixels // c.patch_size)
     if stem != grid or min(grid) < 1:
-        raise ValueError(f"image_size {_show(c.image_size)} gives a {stem[0]}x{stem[1]} grid after the conv stem "
+        raise ValueError(f"image_size {short_repr(c.image_size)} gives a {stem[0]}x{stem[1]} grid after the conv stem "
                          f"but image_size // patch_size = {grid[0]}x{grid[1]}; with the 3x3/stride-2 stem, each side "
                          f"of image_size must be a multiple of {c.patch_size}")
 
@@ -298,15 +300,15 @@ def normalize_image_size(v, what: str = "image_size") -> int | tuple[int, int]:
     size is the config's check: it depends on the stem.)"""
     def side(x) -> int:
         if isinstance(x, bool) or not isinstance(x, numbers.Integral):
-            raise ValueError(f"{what} must be an integer or a (height, width) pair of integers, found {_show(v)}")
+            raise ValueError(f"{what} must be an integer or a (height, width) pair of integers, found {short_repr(v)}")
         if not 1 <= x <= MAX_IMAGE_SIZE:
-            raise ValueError(f"{what} must be in 1..{MAX_IMAGE_SIZE} per side, found {_show(v)}")
+            raise ValueError(f"{what} must be in 1..{MAX_IMAGE_SIZE} per side, found {short_repr(v)}")
         return int(x)
 
     if isinstance(v, (list, tuple)):
         if len(v) != 2:
             raise ValueError(f"{what} must be an integer or a (height, width) pair, found {len(v)} entries: "
-                             f"{_show(v)}")
+                             f"{short_repr(v)}")
         height, width = side(v[0]), side(v[1])
         return height if height == width else (height, width)
     return side(v)
@@ -327,9 +329,9 @@ def as_grid(size) -> tuple[int, int]:
 def _check_labels(c: LevitConfig) -> None:
     labels = c.id2label
     if not isinstance(labels, dict) or len(labels) > MAX_LABELS:
-        raise ValueError(f"id2label must be a dict of at most {MAX_LABELS} labels, found {_show(labels)}")
+        raise ValueError(f"id2label must be a dict of at most {MAX_LABELS} labels, found {short_repr(labels)}")
     if set(labels) != set(range(len(labels))) or not all(isinstance(v, str) for v in labels.values()):
-        raise ValueError(f"id2label must map 0..{len(labels) - 1} to label strings, found {_show(labels)}")
+        raise ValueError(f"id2label must map 0..{len(labels) - 1} to label strings, found {short_repr(labels)}")
 
 
 @dataclass(frozen=True)

@@ -20,11 +20,10 @@ from __future__ import annotations
 
 import os
 import re
-import reprlib
 from pathlib import Path
 
 from .checkpoint import CONFIG_NAME, WEIGHTS_NAME
-from .config import VARIANTS
+from .config import VARIANTS, short_repr
 
 DEFAULT_MODEL = "facebook/levit-128S"
 RELEASED = tuple(f"facebook/levit-{v}" for v in VARIANTS)  # the five checkpoints of the paper
@@ -67,14 +66,9 @@ def check_model_argument(model) -> None:
     if isinstance(model, os.PathLike):
         model = os.fspath(model)
     if not isinstance(model, str):
-        raise ValueError(f"a model must be {kinds}; found {_short_repr(model)} ({type(model).__name__})")
+        raise ValueError(f"a model must be {kinds}; found {short_repr(model)} ({type(model).__name__})")
     if not model.strip():
         raise ValueError(f"a model must be {kinds}; found an empty name {model!r}")
-
-
-def _short_repr(value) -> str:
-    text = reprlib.repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def hub_id(name: str) -> str | None:
