@@ -2,23 +2,18 @@
 
 `backend="numpy"` runs `layers.py`, the readable reference; `backend="numba"` runs `levit_np/fast/`, the same
 functions as parallel Numba kernels with BatchNorm folded into the weights; `backend="auto"` (the default) is numba
-once its kernels are compiled, numpy until then (`Levit`).
+once its kernels are compiled, numpy until then (`backend.chooser`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import logging
-import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .backend import NAMES as BACKENDS
-from .backend import Backend, get_backend
+from .backend import CHOICES, Backend, chooser
+from .backend import NAMES as BACKENDS  # noqa: F401 - levit_np.model.BACKENDS, as before
 from .checkpoint import load_checkpoint
 from .config import LevitConfig, normalize_image_size
 from .hub import resolve
@@ -26,10 +21,6 @@ from .layers import feature_map
 from .resize import at_image_size
 
 DTYPES = {"float32": np.float32, "float64": np.float64}
-CHOICES = ("auto", *BACKENDS)  # "auto", the default: numba once its kernels are compiled, the numpy reference before
-log = logging.getLogger("levit_np")
-_SAID = set()  # the one-time messages already logged in this process
-_MARKED = set()  # the dtypes whose kernels this process has marked compiled (compiled.mark_compiled)
 
 
 @dataclass
@@ -103,47 +94,20 @@ class Levit:
 
     def __init__(self, config: LevitConfig, architecture: str, params: dict, *, backend: str = "auto",
                  dtype=np.float32, name: str | None = None):
-        if backend not in CHOICES:
-            raise ValueError(f"unknown backend {backend!r}; choose one of {list(CHOICES)}")
         self.config = config
         self.architecture = architecture
         self.dtype = np.dtype(dtype)
         self.name = name
         self.num_parameters = _count_parameters(params)
         self._requested = backend  # what the caller asked for: a pickled model is rebuilt with it
-        self._weights = params  # the checkpoint's tree: what numba's prepare folds, and what a pickle carries
-        self._compiling = None  # the background compile (subprocess.Popen) this model started, if any
-        self._waiting = False  # backend="auto" on numpy, waiting for the numba kernels to be compiled
-        if backend == "auto":
-            backend = self._choose_backend()
-        self._use(backend)
+        self._weights = params  # the checkpoint's tree: what a backend's prepare takes, and what a pickle carries
+        self._choose = chooser(backend, self.dtype.name)  # () -> the backend to run the next forward pass on
+        self._use(self._choose())
 
-    def _choose_backend(self) -> str:
-        from .fast import compiled  # imports numba
-
-        if compiled.is_compiled(self.dtype.name):
-            return "numba"
-        self._compiling = compiled.start_background_compile(self.dtype.name)
-        self._next_check = 0.0  # time.monotonic() of the next look for the compiled kernels
-        other = compiled.compiling_pid(self.dtype.name)
-        if self._compiling:
-            how = f"compiling them in the background (pid {self._compiling.pid}), then switching"
-        elif other:
-            how = f"another process (pid {other}) is compiling them; switching when it is done"
-        else:
-            how = f"{compiled.BACKGROUND_ENV}=0: not compiling them"
-        self._waiting = bool(self._compiling or other)
-        _say_once(f"auto-{self.dtype.name}", f"the numba kernels ({self.dtype.name}) are not compiled yet: running "
-                  f"the numpy reference; {how}. `levit-np compile` compiles them now, once.")
-        return "numpy"
-
-    def _use(self, backend: str) -> None:
-        self._ops = get_backend(backend)
-        self._params = self._ops.prepare(self._weights, self.config)
-        self.backend = backend
-        if backend == "numba":
-            self._compiling = None
-            self._waiting = False
+    def _use(self, ops: Backend) -> None:
+        self._ops = ops
+        self._params = ops.prepare(self._weights, self.config)
+        self.backend = ops.name
 
     def __getstate__(self) -> dict:
         # pickle and copy carry what rebuilds the model (the checkpoint's weights, not a backend's prepared form, so
@@ -164,58 +128,15 @@ class Levit:
     def __call__(self, pixel_values, output_hidden_states: bool = False, output_attentions: bool = False,
                  output_feature_maps: bool = False) -> LevitOutput:
         x = self._check_input(pixel_values)
-        own_done = self._compiling is not None and self._compiling.poll() is not None
-        if self._waiting and (own_done or time.monotonic() >= self._next_check):
-            self._look_for_compiled_kernels()
-        numba = self.backend == "numba"
-        if numba:
-            from .fast import threads
+        ops = self._choose()  # backend="auto": numpy until the numba kernels are compiled, then numba
+        if ops.name != self.backend:
+            self._use(ops)
 
-            threads.check_not_forked()
-            self._compile_if_cold()
-            guard = threads.FORWARD_LOCK  # numba: one forward at a time
-        else:
-            guard = _beside_a_compile() if self._waiting else contextlib.nullcontext()
-        with guard:
-            out = levit_forward(x, self._params, self.config, self._ops, self.architecture,
-                                output_hidden_states=output_hidden_states, output_attentions=output_attentions,
-                                output_feature_maps=output_feature_maps)
-        if numba and self.dtype.name not in _MARKED:
-            from .fast import compiled
-
-            compiled.mark_compiled(self.dtype.name)  # a whole forward pass ran: every kernel of this dtype is cached
-            _MARKED.add(self.dtype.name)
-        return out
-
-    def _look_for_compiled_kernels(self) -> None:
-        # at most once a second: the kernels compiled (by any process) -> numba; our own compile failed -> say so
-        from .fast import compiled
-
-        self._next_check = time.monotonic() + 1.0
-        if compiled.is_compiled(self.dtype.name):
-            self._use("numba")
-            _say_once(f"switched-{self.dtype.name}", "the numba kernels are compiled: switched to the numba backend")
-        elif self._compiling is not None and self._compiling.poll() not in (None, 0):
-            self._waiting = False
-            _say_once(f"failed-{self.dtype.name}", "compiling the numba kernels in the background failed: staying "
-                      "on the numpy reference; run `levit-np compile` to see why")
-        elif self._compiling is None and compiled.compiling_pid(self.dtype.name) is None:
-            self._waiting = False  # the other process's compile ended without finishing
-
-    def _compile_if_cold(self) -> None:
-        # before the first numba forward pass of a dtype whose kernels are not in the cache: say so, and compile what
-        # this model calls on two processes (compiled.compile_for)
-        from .fast import compiled
-
-        if compiled.DISABLE_JIT:  # nothing compiles
-            return
-        if self.dtype.name not in _MARKED and not compiled.is_compiled(self.dtype.name):
-            _say_once(f"foreground-{self.dtype.name}", f"compiling the numba kernels ({self.dtype.name}) for this CPU "
-                      f"(once: later runs load them from {compiled.cache_dir()})...")
-            problem = compiled.compile_for(self)
-            if problem:
-                _say_once(f"worker-{self.dtype.name}", f"{problem}; compiling those kernels here instead (slower, "
-                          "the same results)")
+        def forward():
+            return levit_forward(x, self._params, self.config, self._ops, self.architecture,
+                                 output_hidden_states=output_hidden_states, output_attentions=output_attentions,
+                                 output_feature_maps=output_feature_maps)
+        return ops.run(forward, self.dtype.name, self._params, self.config)
 
     def _check_input(self, pixel_values) -> np.ndarray:
         c = self.config
@@ -267,31 +188,9 @@ def from_pretrained(path: str | Path, *, backend: str = "auto", dtype: str = "fl
     return Levit(config, architecture, params, backend=backend, dtype=dtype, name=str(path))
 
 
-@functools.cache
-def _blas_controller():
-    from threadpoolctl import ThreadpoolController
-
-    return ThreadpoolController()
-
-
-def _beside_a_compile():
-    """NumPy's BLAS on one core fewer while the numba kernels compile in the background on this machine: its threads
-    wait for each other at every product, so one that shares a core with the compiler stalls them all."""
-    controller = _blas_controller()
-    current = max((lib["num_threads"] for lib in controller.info() if lib["user_api"] == "blas"), default=1)
-    return controller.limit(limits=max(1, min(current, (os.cpu_count() or 1) - 1)), user_api="blas")
-
-
 def _count_parameters(tree) -> int:
     """Learnable parameters, as torch counts them: BatchNorm running statistics are buffers."""
     if isinstance(tree, list):
         return sum(_count_parameters(t) for t in tree)
     return sum(_count_parameters(v) if isinstance(v, (dict, list)) else v.size for k, v in tree.items()
                if k not in ("running_mean", "running_var"))
-
-
-def _say_once(key: str, message: str) -> None:
-    # a WARNING, so that Python prints it on stderr even where logging is not configured
-    if key not in _SAID:
-        _SAID.add(key)
-        log.warning(message)

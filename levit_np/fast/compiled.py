@@ -5,20 +5,22 @@ the user's cache directory when that is read-only, or in NUMBA_CACHE_DIR); a lat
 marker file in that cache directory records that every kernel of one dtype has been compiled for this source, this
 Numba and this CPU, so that `backend="auto"` can tell a warm cache from a cold one without compiling anything.
 
-Numba compiles on one core, so `compile_for` splits the work where there is a second one: a worker process
-compiles the conv stem's kernels (`patch_embeddings` on the model's own stem weights) while this process compiles
-everything else (the forward pass with a stand-in stem); the forward pass then loads the stem's kernels from the
-cache. The two halves share no function that they would compile with different signatures (both call
+Compiling is calling every kernel once (`call_every_kernel`: one pass over a model's layers). Numba compiles on one
+core, so `compile_for` splits the work where there is a second one: a worker process compiles the conv stem's
+kernels (`patch_embeddings` on the model's own stem weights) while this process compiles everything else (the pass
+with a stand-in stem); the forward pass then loads the stem's kernels from the cache. The two halves share no function that they would compile with different signatures (both call
 `kernels._panel_product` and `blas._check_blas_sizes` with the same types; every kernel's tile function and
 launcher belong to one half), so their writes to Numba's per-function cache index never race.
 
-    python -m levit_np.fast.compiled float32 float64     # what `levit-np compile` and the background compile run
-    python -m levit_np.fast.compiled --stem               # compile_for's worker: reads its job on stdin
+A background compile (backend="auto", `start_background_compile`) holds a file lock in the cache directory while it
+runs (`compiling_elsewhere`), so that other processes wait for it rather than compile the same kernels again.
+
+    python -m levit_np.fast float32 float64     # what the background compile runs
+    python -m levit_np.fast --stem               # compile_for's worker: reads its job on stdin
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import hashlib
 import os
@@ -28,14 +30,17 @@ import sys
 import tempfile
 from pathlib import Path
 
+import filelock
 import llvmlite
 import numba
 import numpy as np
 
-from .. import __version__
+from ..checkpoint import random_weights
+from ..config import LevitConfig
 from . import kernels, numba_internals
 from .jit import DISABLE_JIT, SOURCE_HASH
 from .target import numba_target
+from .weights import prepare
 
 DTYPES = ("float32", "float64")
 BACKGROUND_ENV = "LEVIT_NP_BACKGROUND_COMPILE"  # "0": backend="auto" never starts a background compile
@@ -52,7 +57,7 @@ def cache_dir() -> Path:
 def cache_key() -> str:
     """What the compiled code depends on: our kernel sources, Numba, Python and the CPU. Once per process, as the
     kernels this process compiled or loaded are."""
-    parts = [__version__, numba.__version__, llvmlite.__version__, sys.version, SOURCE_HASH, *numba_target()]
+    parts = [numba.__version__, llvmlite.__version__, sys.version, SOURCE_HASH, *numba_target()]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
@@ -75,18 +80,41 @@ def mark_compiled(dtype: str) -> None:
         pass
 
 
-def compile_kernels(dtype: str = "float32") -> None:
-    """Compile (or load from the cache) every kernel of `dtype`: one forward pass of a tiny random LeViT (whose first
-    call compiles on two processes: `compile_for`)."""
-    from ..checkpoint import random_weights
-    from ..config import LevitConfig
-    from ..model import Levit
+# the smallest LeViT with every kind of layer: what compile_kernels runs
+TINY = LevitConfig(hidden_sizes=(16, 24, 32), num_attention_heads=(2, 3, 2), depths=(1, 1, 1), key_dim=(4, 4, 8),
+                   image_size=48, id2label={0: "a", 1: "b"})
 
-    config = LevitConfig(hidden_sizes=(16, 24, 32), num_attention_heads=(2, 3, 2), depths=(1, 1, 1),
-                         key_dim=(4, 4, 8), image_size=48, id2label={0: "a", 1: "b"})
+
+def call_every_kernel(params, config: LevitConfig, pixel_values, stem=None):
+    """One pass over the layers of `config.plan` with the numba kernels, as `model.levit_forward` calls them (the
+    same functions, argument types and order), which compiles (or loads) every kernel a forward pass calls. `params`:
+    the prepared weights (`weights.prepare`); `stem`: a stand-in for `kernels.patch_embeddings`, or None."""
+    stem = stem or kernels.patch_embeddings
+    x = stem(pixel_values, **params["patch_embeddings"], stride=config.stride, padding=config.padding)
+    for stage, weights in zip(config.plan, params["stages"], strict=True):
+        for layer, p in zip(stage.layers, weights["blocks"] + weights["downsample"], strict=True):
+            if layer.kind == "attention":
+                x = kernels.add(x, kernels.attention(x, **p, **layer.hyper(), output_attentions=False)[0])
+            elif layer.kind == "mlp":
+                x = kernels.add(x, kernels.mlp(x, **p))
+            else:
+                x = kernels.attention_subsample(x, **p, **layer.hyper(), output_attentions=False)[0]
+    pooled = x.mean(axis=1)
+    for head in ("classifier", "classifier_distill"):
+        if head in params:
+            kernels.classification_layer(pooled, **params[head])
+
+
+def compile_kernels(dtype: str = "float32") -> str | None:
+    """Compile (or load from the cache) every kernel of `dtype` and mark them compiled: a pass over a tiny random
+    LeViT (`TINY`), compiled on two processes where there are two cores (`compile_for`). Returns None, or why the
+    second process did not help (`compile_for`)."""
     arch = "LevitForImageClassificationWithTeacher"
-    model = Levit(config, arch, random_weights(config, arch, np.dtype(dtype).type), backend="numba", dtype=dtype)
-    model(np.zeros((1, 3, 48, 48), dtype))  # marks the dtype compiled
+    params = prepare(random_weights(TINY, arch, np.dtype(dtype).type), TINY)
+    problem = compile_for(params, TINY, dtype)
+    call_every_kernel(params, TINY, np.zeros((1, TINY.num_channels, *TINY.image_shape), dtype))
+    mark_compiled(dtype)
+    return problem
 
 
 def _cores() -> int:
@@ -96,10 +124,10 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
-def compile_for(model) -> str | None:
-    """Compile the numba kernels that `model` (a numba-backend `Levit`) calls, before its first forward pass: the
-    conv stem's in a worker process (`compile_stem`) while this one compiles the rest (`compile_all_but_stem`), where
-    there are two cores, else all here. Returns None, or why the worker did not help (it could not start, failed
+def compile_for(params, config: LevitConfig, dtype: str) -> str | None:
+    """Compile the numba kernels that a model calls (its prepared `params`, `config`, `dtype`), before its first
+    forward pass: the conv stem's in a worker process (`compile_stem`) while this one compiles the rest
+    (`compile_all_but_stem`), where there are two cores, else none here (the forward pass compiles them). Returns None, or why the worker did not help (it could not start, failed
     or timed out). The stem's kernels reach this process through Numba's cache;
     where the worker did not compile them, the forward pass does, here (the same kernels, only later)."""
     if DISABLE_JIT:
@@ -108,19 +136,19 @@ def compile_for(model) -> str | None:
         return None  # one core (or switched off): the forward pass compiles everything, here, as asked
     stderr = tempfile.TemporaryFile()  # the worker's, for the message if it fails
     try:
-        worker = subprocess.Popen([sys.executable, "-m", "levit_np.fast.compiled", "--stem"],
+        worker = subprocess.Popen([sys.executable, "-m", "levit_np.fast", "--stem"],
                                   stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=stderr)
     except OSError as e:
         stderr.close()
         return f"could not start the worker process that compiles the conv stem ({e})"
     try:
-        worker.stdin.write(pickle.dumps(stem_job(model)))
+        worker.stdin.write(pickle.dumps(stem_job(params, config, dtype)))
         worker.stdin.close()
     except OSError:  # it died at once: its exit status and stderr say why, below
         pass
     timed_out = False
     try:
-        compile_all_but_stem(model)
+        compile_all_but_stem(params, config, dtype)
     finally:
         try:
             worker.wait(STEM_WORKER_TIMEOUT)
@@ -138,70 +166,74 @@ def compile_for(model) -> str | None:
     return f"the worker process that compiles the conv stem {why}"
 
 
-def stem_job(model) -> dict:
-    """What `compile_stem` needs of a model (picklable): its dtype, channels, stem weights and conv geometry."""
-    c = model.config
-    return {"dtype": model.dtype.name, "channels": c.num_channels, "weights": model._params["patch_embeddings"],
-            "stride": c.stride, "padding": c.padding}
+def stem_job(params, config: LevitConfig, dtype: str) -> dict:
+    """What `compile_stem` needs (picklable): the dtype, channels, stem weights and conv geometry."""
+    return {"dtype": dtype, "channels": config.num_channels, "weights": params["patch_embeddings"],
+            "stride": config.stride, "padding": config.padding}
 
 
 def compile_stem(job: dict) -> None:
     """Compile the conv stem's kernels for the model of `job` (`stem_job`): its patch_embeddings on one small image."""
-    from . import BACKEND
-
     pixels = np.zeros((1, job["channels"], 64, 64), job["dtype"])  # 64 -> 32 -> 16 -> 8 -> 4 pixels
-    BACKEND.patch_embeddings(pixels, **job["weights"], stride=job["stride"], padding=job["padding"])
+    kernels.patch_embeddings(pixels, **job["weights"], stride=job["stride"], padding=job["padding"])
 
 
-def compile_all_but_stem(model) -> None:
-    """Compile every kernel `model` calls but the conv stem's: its forward pass on the stem's output shape, zeros."""
-    from ..model import levit_forward
-
-    c = model.config
-    (rows, cols), width = c.resolutions[0], c.hidden_sizes[0]
+def compile_all_but_stem(params, config: LevitConfig, dtype: str) -> None:
+    """Compile every kernel of a model but the conv stem's: a pass over its layers from the stem's output shape."""
+    (rows, cols), width = config.resolutions[0], config.hidden_sizes[0]
 
     def stand_in_stem(pixel_values, **_):  # the stem's output: tokens (1, N, C0)
-        return np.zeros((1, rows * cols, width), model.dtype)
+        return np.zeros((1, rows * cols, width), dtype)
 
-    levit_forward(None, model._params, c, dataclasses.replace(model._ops, patch_embeddings=stand_in_stem),
-                  model.architecture)
-
-
-def _lock(dtype: str) -> Path:
-    return cache_dir() / f"levit_np-compiling-{dtype}-{cache_key()}.pid"
+    call_every_kernel(params, config, None, stem=stand_in_stem)
 
 
-def compiling_pid(dtype: str) -> int | None:
-    """The pid of a background compile of `dtype` that is running now (started by any process), or None."""
+def _lock(dtype: str) -> filelock.FileLock:
+    # held by the process that compiles `dtype` in the background, released when it ends (however it ends)
+    return filelock.FileLock(cache_dir() / f"levit_np-compiling-{dtype}-{cache_key()}.lock")
+
+
+def compiling_elsewhere(dtype: str) -> bool:
+    """Whether a background compile of `dtype` (started by any process) is running now: its lock is held."""
+    lock = _lock(dtype)
     try:
-        pid = int(_lock(dtype).read_text())
-        os.kill(pid, 0)  # raises if there is no such process
-        return pid
-    except (OSError, ValueError):
-        return None
+        lock.acquire(timeout=0)
+    except filelock.Timeout:
+        return True
+    except OSError:  # a cache directory we cannot write to: nobody can compile into it
+        return False
+    lock.release()
+    return False
 
 
 def start_background_compile(dtype: str = "float32") -> subprocess.Popen | None:
     """Compile the kernels of `dtype` in a separate, low-priority process; None where that is switched off, cannot
     start, or another process is compiling them already. The process lives on if this one exits (so that the next
     run finds the cache warm)."""
-    if os.environ.get(BACKGROUND_ENV, "1") == "0" or DISABLE_JIT or compiling_pid(dtype):
+    if os.environ.get(BACKGROUND_ENV, "1") == "0" or DISABLE_JIT or compiling_elsewhere(dtype):
         return None
     if os.name == "posix":  # its own session (a Ctrl-C of ours does not stop it), below our priority
         detach = dict(start_new_session=True, preexec_fn=lambda: os.nice(10))
     else:
         detach = dict(creationflags=subprocess.CREATE_NEW_PROCESS_GROUP | subprocess.BELOW_NORMAL_PRIORITY_CLASS)
     try:
-        proc = subprocess.Popen([sys.executable, "-m", "levit_np.fast.compiled", dtype], stdin=subprocess.DEVNULL,
+        return subprocess.Popen([sys.executable, "-m", "levit_np.fast", dtype], stdin=subprocess.DEVNULL,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                 env={**os.environ, PARALLEL_ENV: "0"}, **detach)  # one core: the other answers
     except OSError:
         return None
+
+
+def background_compile(dtype: str) -> None:
+    """What the background process runs: compile_kernels under the lock of `dtype`; nothing where another process
+    holds it (it is compiling them) or they are compiled already. The lock is waited for a moment, as another
+    process may hold it only to look at it (`compiling_elsewhere`)."""
     try:
-        _lock(dtype).write_text(str(proc.pid))
-    except OSError:
+        with _lock(dtype).acquire(timeout=1):
+            if not is_compiled(dtype):
+                compile_kernels(dtype)
+    except filelock.Timeout:
         pass
-    return proc
 
 
 def main(argv=None) -> int:
@@ -213,13 +245,5 @@ def main(argv=None) -> int:
         if dtype not in DTYPES:
             print(f"unknown dtype {dtype!r}; choose from {DTYPES}", file=sys.stderr)
             return 2
-        try:
-            compile_kernels(dtype)
-        finally:
-            if compiling_pid(dtype) == os.getpid():
-                _lock(dtype).unlink(missing_ok=True)
+        background_compile(dtype)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
