@@ -298,3 +298,35 @@ def test_numpy_path_leaves_a_core_to_the_background_compile(small, monkeypatch):
         waiting(x)
         assert blas_threads() == 2
     assert seen == [2, max(1, min(2, os.cpu_count() - 1))]
+
+
+def test_without_the_source_hash_an_edit_to_another_file_leaves_a_stale_kernel(tmp_path):
+    """What jit.SOURCE_HASH prevents. kernels._hardswish inlines llvm_ir.clamp; an edit to clamp (here: it returns
+    lo, so that hardswish(1) becomes 0 instead of 2/3) must reach the cached kernel. With the hash in every kernel's
+    name it does; without it, Numba sees kernels.py unchanged and loads the stale kernel from its cache."""
+    package = Path(__file__).resolve().parents[1] / "levit_np"
+    probe = "import numpy as np; from levit_np.fast import kernels; print(float(kernels._hardswish(np.float32(1))))"
+
+    def hardswish_of_1(root):
+        env = {**os.environ, "PYTHONPATH": str(root), "NUMBA_CACHE_DIR": str(root / "cache")}
+        out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=300,
+                             cwd=tmp_path)
+        assert out.returncode == 0, out.stderr[-2000:]
+        return float(out.stdout)
+
+    found = {}
+    for variant in ("with the hash", "without the hash"):
+        root = tmp_path / variant.replace(" ", "-")
+        shutil.copytree(package, root / "levit_np", ignore=shutil.ignore_patterns("__pycache__"))
+        if variant == "without the hash":
+            jit = root / "levit_np" / "fast" / "jit.py"
+            jit.write_text(jit.read_text().replace("SOURCE_HASH = hashlib", "SOURCE_HASH = 'same' or hashlib"))
+        before = hardswish_of_1(root)  # compiled, and cached
+        llvm_ir = root / "levit_np" / "fast" / "llvm_ir.py"
+        edited = llvm_ir.read_text().replace('v = builder.select(builder.fcmp_ordered(">", v, lo), v, lo)',
+                                             "v = lo")
+        assert edited != llvm_ir.read_text()
+        llvm_ir.write_text(edited)
+        found[variant] = before, hardswish_of_1(root)
+    assert found["with the hash"] == (pytest.approx(2 / 3), 0.0)  # the edit is compiled
+    assert found["without the hash"] == (pytest.approx(2 / 3), pytest.approx(2 / 3))  # the stale kernel is loaded
