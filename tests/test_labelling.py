@@ -283,6 +283,21 @@ def test_embeddings_file_is_a_valid_npy_after_every_batch(tmp_path):
         EmbeddingsFile(path, rows=4).append(np.zeros((1, 6), np.float32))
 
 
+
+def test_embeddings_header_is_numpys_and_a_file_from_the_hand_written_header_resumes(tmp_path):
+    path = tmp_path / "e.npy"
+    rows = np.random.default_rng(1).standard_normal((3, 4), dtype=np.float32)
+    with open(path, "wb") as f:  # as levit-np wrote it before numpy.lib.format did: its dict padded to 128 bytes
+        text = "{'descr': '<f4', 'fortran_order': False, 'shape': (3, 4), }".ljust(117) + "\n"
+        f.write(b"\x93NUMPY\x01\x00" + len(text).to_bytes(2, "little") + text.encode("latin1") + rows.tobytes())
+    f = EmbeddingsFile(path, rows=2)
+    f.append(rows[2:])
+    f.close()
+    np.testing.assert_array_equal(np.load(path), rows)
+    with open(path, "rb") as f:
+        assert np.lib.format.read_magic(f) == (1, 0)
+        assert np.lib.format.read_array_header_1_0(f) == ((3, 4), False, np.dtype("<f4")) and f.tell() == 128
+
 def test_a_crash_that_left_zeros_at_the_end(reference, tmp_path):
     jsonl, npy = reference
     (tmp_path / "out.jsonl").write_bytes(jsonl.read_bytes()[:2000].rpartition(b"\n")[0] + b"\n" + b"\0" * 300)
