@@ -5,8 +5,6 @@
 
 Uses Numba's `numba:compile` events: each dispatcher's compile time is inclusive (it contains what it compiles of
 the functions it calls); "self" subtracts the compiles nested inside it. Random weights (only the shapes matter).
-Everything compiles in this one process (LEVIT_NP_PARALLEL_COMPILE=0; a first call otherwise has a second process
-compile the conv stem at the same time: benchmarks/bench.py's cold-start rows time that).
 """
 
 from __future__ import annotations
@@ -23,7 +21,6 @@ def main(argv=None):
     ap.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     ap.add_argument("--keep-cache", action="store_true", help="use the usual Numba cache instead of an empty one")
     args = ap.parse_args(argv)
-    os.environ["LEVIT_NP_PARALLEL_COMPILE"] = "0"  # every compile in this process, where the listener sees it
     if not args.keep_cache:
         os.environ["NUMBA_CACHE_DIR"] = tempfile.mkdtemp(prefix="levit-numba-cache-")
 

@@ -21,7 +21,7 @@ NAMES = ("numba", "numpy")  # "numba" is the default
 CHOICES = ("auto", *NAMES)  # what a model may ask for; "auto", the default: numba once it is ready, numpy before
 
 
-def run_directly(forward, dtype, params, config):
+def run_directly(forward, dtype):
     """The default `Backend.run`: the forward pass, as it is."""
     return forward()
 
@@ -43,9 +43,8 @@ class Backend:
     classification_layer: Callable
     # x, branch (B, N, C) -> x + branch (a backend may write it into `branch`)
     add: Callable
-    # forward (no arguments: one forward pass over this backend's functions), dtype name, the prepared params,
-    # config -> forward()'s output. How a forward pass runs: the numba backend compiles its kernels first where they
-    # are not cached yet, and runs one forward pass at a time
+    # forward (no arguments: one forward pass over this backend's functions), dtype name -> forward()'s output. How
+    # a forward pass runs: the numba backend says when it compiles its kernels, and runs one forward at a time
     run: Callable = run_directly
     # Optional, for a backend that has to get ready before it runs (numba: compile its kernels):
     # (dtype name, this backend, fallback backend) -> a function, called before each forward pass, that returns the

@@ -136,7 +136,7 @@ class Levit:
             return levit_forward(x, self._params, self.config, self._ops, self.architecture,
                                  output_hidden_states=output_hidden_states, output_attentions=output_attentions,
                                  output_feature_maps=output_feature_maps)
-        return ops.run(forward, self.dtype.name, self._params, self.config)
+        return ops.run(forward, self.dtype.name)
 
     def _check_input(self, pixel_values) -> np.ndarray:
         c = self.config

@@ -5,18 +5,12 @@ the user's cache directory when that is read-only, or in NUMBA_CACHE_DIR); a lat
 marker file in that cache directory records that every kernel of one dtype has been compiled for this source, this
 Numba and this CPU, so that `backend="auto"` can tell a warm cache from a cold one without compiling anything.
 
-Compiling is calling every kernel once (`call_every_kernel`: one pass over a model's layers). Numba compiles on one
-core, so `compile_for` splits the work where there is a second one: a worker process compiles the conv stem's
-kernels (`patch_embeddings` on the model's own stem weights) while this process compiles everything else (the pass
-with a stand-in stem); the forward pass then loads the stem's kernels from the cache. The two halves share no function that they would compile with different signatures (both call
-`kernels._panel_product` and `blas._check_blas_sizes` with the same types; every kernel's tile function and
-launcher belong to one half), so their writes to Numba's per-function cache index never race.
+Compiling ahead of time is calling every kernel once (`call_every_kernel`: one pass over a tiny model's layers).
 
 A background compile (backend="auto", `start_background_compile`) holds a file lock in the cache directory while it
 runs (`compiling_elsewhere`), so that other processes wait for it rather than compile the same kernels again.
 
     python -m levit_np.fast float32 float64     # what the background compile runs
-    python -m levit_np.fast --stem               # compile_for's worker: reads its job on stdin
 """
 
 from __future__ import annotations
@@ -24,10 +18,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
-import pickle
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import filelock
@@ -44,8 +36,6 @@ from .weights import prepare
 
 DTYPES = ("float32", "float64")
 BACKGROUND_ENV = "LEVIT_NP_BACKGROUND_COMPILE"  # "0": backend="auto" never starts a background compile
-PARALLEL_ENV = "LEVIT_NP_PARALLEL_COMPILE"  # "0": compile_for compiles in this process only
-STEM_WORKER_TIMEOUT = 600  # seconds compile_for waits for its worker before going on without it
 
 
 def cache_dir() -> Path:
@@ -85,12 +75,12 @@ TINY = LevitConfig(hidden_sizes=(16, 24, 32), num_attention_heads=(2, 3, 2), dep
                    image_size=48, id2label={0: "a", 1: "b"})
 
 
-def call_every_kernel(params, config: LevitConfig, pixel_values, stem=None):
+def call_every_kernel(params, config: LevitConfig, pixel_values) -> None:
     """One pass over the layers of `config.plan` with the numba kernels, as `model.levit_forward` calls them (the
     same functions, argument types and order), which compiles (or loads) every kernel a forward pass calls. `params`:
-    the prepared weights (`weights.prepare`); `stem`: a stand-in for `kernels.patch_embeddings`, or None."""
-    stem = stem or kernels.patch_embeddings
-    x = stem(pixel_values, **params["patch_embeddings"], stride=config.stride, padding=config.padding)
+    the prepared weights (`weights.prepare`)."""
+    x = kernels.patch_embeddings(pixel_values, **params["patch_embeddings"], stride=config.stride,
+                                 padding=config.padding)
     for stage, weights in zip(config.plan, params["stages"], strict=True):
         for layer, p in zip(stage.layers, weights["blocks"] + weights["downsample"], strict=True):
             if layer.kind == "attention":
@@ -105,87 +95,13 @@ def call_every_kernel(params, config: LevitConfig, pixel_values, stem=None):
             kernels.classification_layer(pooled, **params[head])
 
 
-def compile_kernels(dtype: str = "float32") -> str | None:
-    """Compile (or load from the cache) every kernel of `dtype` and mark them compiled: a pass over a tiny random
-    LeViT (`TINY`), compiled on two processes where there are two cores (`compile_for`). Returns None, or why the
-    second process did not help (`compile_for`)."""
+def compile_kernels(dtype: str = "float32") -> None:
+    """Compile (or load from the cache) every kernel of `dtype`, and mark them compiled: a pass over a tiny random
+    LeViT (`TINY`)."""
     arch = "LevitForImageClassificationWithTeacher"
     params = prepare(random_weights(TINY, arch, np.dtype(dtype).type), TINY)
-    problem = compile_for(params, TINY, dtype)
     call_every_kernel(params, TINY, np.zeros((1, TINY.num_channels, *TINY.image_shape), dtype))
     mark_compiled(dtype)
-    return problem
-
-
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
-
-
-def compile_for(params, config: LevitConfig, dtype: str) -> str | None:
-    """Compile the numba kernels that a model calls (its prepared `params`, `config`, `dtype`), before its first
-    forward pass: the conv stem's in a worker process (`compile_stem`) while this one compiles the rest
-    (`compile_all_but_stem`), where there are two cores, else none here (the forward pass compiles them). Returns None, or why the worker did not help (it could not start, failed
-    or timed out). The stem's kernels reach this process through Numba's cache;
-    where the worker did not compile them, the forward pass does, here (the same kernels, only later)."""
-    if DISABLE_JIT:
-        return None
-    if _cores() < 2 or numba.get_num_threads() < 2 or os.environ.get(PARALLEL_ENV, "1") == "0":
-        return None  # one core (or switched off): the forward pass compiles everything, here, as asked
-    stderr = tempfile.TemporaryFile()  # the worker's, for the message if it fails
-    try:
-        worker = subprocess.Popen([sys.executable, "-m", "levit_np.fast", "--stem"],
-                                  stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=stderr)
-    except OSError as e:
-        stderr.close()
-        return f"could not start the worker process that compiles the conv stem ({e})"
-    try:
-        worker.stdin.write(pickle.dumps(stem_job(params, config, dtype)))
-        worker.stdin.close()
-    except OSError:  # it died at once: its exit status and stderr say why, below
-        pass
-    timed_out = False
-    try:
-        compile_all_but_stem(params, config, dtype)
-    finally:
-        try:
-            worker.wait(STEM_WORKER_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            worker.wait()
-            timed_out = True
-    with stderr:
-        stderr.seek(0)
-        lines = stderr.read().decode(errors="replace").strip().splitlines()
-    if worker.returncode == 0:
-        return None
-    why = (f"timed out after {STEM_WORKER_TIMEOUT} s" if timed_out else
-           f"failed (exit status {worker.returncode}{': ' + lines[-1] if lines else ''})")
-    return f"the worker process that compiles the conv stem {why}"
-
-
-def stem_job(params, config: LevitConfig, dtype: str) -> dict:
-    """What `compile_stem` needs (picklable): the dtype, channels, stem weights and conv geometry."""
-    return {"dtype": dtype, "channels": config.num_channels, "weights": params["patch_embeddings"],
-            "stride": config.stride, "padding": config.padding}
-
-
-def compile_stem(job: dict) -> None:
-    """Compile the conv stem's kernels for the model of `job` (`stem_job`): its patch_embeddings on one small image."""
-    pixels = np.zeros((1, job["channels"], 64, 64), job["dtype"])  # 64 -> 32 -> 16 -> 8 -> 4 pixels
-    kernels.patch_embeddings(pixels, **job["weights"], stride=job["stride"], padding=job["padding"])
-
-
-def compile_all_but_stem(params, config: LevitConfig, dtype: str) -> None:
-    """Compile every kernel of a model but the conv stem's: a pass over its layers from the stem's output shape."""
-    (rows, cols), width = config.resolutions[0], config.hidden_sizes[0]
-
-    def stand_in_stem(pixel_values, **_):  # the stem's output: tokens (1, N, C0)
-        return np.zeros((1, rows * cols, width), dtype)
-
-    call_every_kernel(params, config, None, stem=stand_in_stem)
 
 
 def _lock(dtype: str) -> filelock.FileLock:
@@ -218,8 +134,7 @@ def start_background_compile(dtype: str = "float32") -> subprocess.Popen | None:
         detach = dict(creationflags=subprocess.CREATE_NEW_PROCESS_GROUP | subprocess.BELOW_NORMAL_PRIORITY_CLASS)
     try:
         return subprocess.Popen([sys.executable, "-m", "levit_np.fast", dtype], stdin=subprocess.DEVNULL,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                env={**os.environ, PARALLEL_ENV: "0"}, **detach)  # one core: the other answers
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **detach)
     except OSError:
         return None
 
@@ -238,9 +153,6 @@ def background_compile(dtype: str) -> None:
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv == ["--stem"]:  # compile_for's worker
-        compile_stem(pickle.loads(sys.stdin.buffer.read()))
-        return 0
     for dtype in argv or ["float32"]:
         if dtype not in DTYPES:
             print(f"unknown dtype {dtype!r}; choose from {DTYPES}", file=sys.stderr)

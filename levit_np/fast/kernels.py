@@ -171,7 +171,7 @@ def _panel_product(x, panel, out, c0, bias, activate):
     # C-contiguous, cols = min(PANEL, N - c0): micro-tile by micro-tile, each written straight into `out` and
     # finished while in cache; a ragged edge (the last < MICRO_ROWS rows, or cols < PANEL) goes through a small
     # buffer instead. No bias: an empty one (not None, so that the dense and the conv kernels call one signature
-    # of it: see compiled.compile_for). `out` whole rows and c0, not a column slice of it, so that its row views are
+    # of it, compiled once). `out` whole rows and c0, not a column slice of it, so that its row views are
     # contiguous to Numba, and the epilogue's loops vectorise.
     m, N = out.shape
     cols = min(PANEL, N - c0)

@@ -1,17 +1,16 @@
 """How the numba backend runs a forward pass, and backend="auto": the two hooks of `backend.Backend` it fills in.
 
-`run` (Backend.run): before the first forward pass of a dtype whose kernels are not in Numba's cache, say so and
-compile what the model calls on two processes (`compiled.compile_for`); then one forward pass at a time
-(`threads.FORWARD_LOCK`), in a process that was not forked from one running OpenMP threads; after the first whole
-pass, mark the dtype compiled.
+`run` (Backend.run): before the first forward pass of a dtype whose kernels are not in Numba's cache, say that it
+compiles them; then one forward pass at a time (`threads.FORWARD_LOCK`), in a process that was not forked from one
+running OpenMP threads; after the first whole pass (which compiled them), mark the dtype compiled.
 
 `until_ready` (Backend.until_ready, what backend="auto" asks before each forward pass): numba when its kernels are
 compiled for the dtype; else the numpy reference while a background process compiles them
 (`compiled.start_background_compile`), with NumPy's BLAS on one core fewer meanwhile, then numba from the first
 call after that process is done (looked for at most once a second).
 
-What it has to say (the kernels are compiled now, auto runs numpy until they are, a compile process failed) it says
-as a `FastPathWarning`, once per process for each message.
+What it has to say (it compiles the kernels now, auto runs numpy until they are compiled, the background compile
+failed) it says as a `FastPathWarning`, once per process for each message.
 """
 
 from __future__ import annotations
@@ -44,28 +43,18 @@ def say(message: str) -> None:
     warnings.warn(message, FastPathWarning, stacklevel=level)
 
 
-def run(forward, dtype: str, params, config):
-    """Backend.run of the numba backend: forward() with the kernels compiled first where they are not cached yet."""
+def run(forward, dtype: str):
+    """Backend.run of the numba backend: forward(), which compiles the kernels where they are not cached yet."""
     threads.check_not_forked()
-    if dtype not in _RAN:
-        compile_if_cold(dtype, params, config)
+    if dtype not in _RAN and not compiled.DISABLE_JIT and not compiled.is_compiled(dtype):
+        say(f"compiling the numba kernels ({dtype}) for this CPU (once: later runs load them from "
+            f"{compiled.cache_dir()})...")
     with threads.FORWARD_LOCK:  # one forward at a time
         out = forward()
     if dtype not in _RAN:
         compiled.mark_compiled(dtype)  # a whole forward pass ran: every kernel of this dtype is cached
         _RAN.add(dtype)
     return out
-
-
-def compile_if_cold(dtype: str, params, config) -> None:
-    """Where the kernels of `dtype` are not cached: say so, and compile what this model calls on two processes."""
-    if compiled.DISABLE_JIT or compiled.is_compiled(dtype):
-        return
-    say(f"compiling the numba kernels ({dtype}) for this CPU (once: later runs load them from "
-        f"{compiled.cache_dir()})...")
-    problem = compiled.compile_for(params, config, dtype)
-    if problem:
-        say(f"{problem}; compiling those kernels here instead (slower, the same results)")
 
 
 def until_ready(dtype: str, numba, fallback) -> Auto:
@@ -86,7 +75,7 @@ class Auto:
         self.compiling = compiled.start_background_compile(dtype)
         elsewhere = self.compiling is None and compiled.compiling_elsewhere(dtype)
         if self.compiling:
-            how = f"compiling them in the background (pid {self.compiling.pid}), then switching"
+            how = "compiling them in a background process, then switching"
         elif elsewhere:
             how = "another process is compiling them; switching when it is done"
         else:
@@ -120,11 +109,11 @@ class Auto:
 def beside_a_compile(backend):
     """`backend` with NumPy's BLAS on one core fewer while the numba kernels compile on this machine: its threads
     wait for each other at every product, so one that shares a core with the compiler stalls them all."""
-    def run(forward, dtype, params, config):
+    def run(forward, dtype):
         controller = _blas_controller()
         current = max((lib["num_threads"] for lib in controller.info() if lib["user_api"] == "blas"), default=1)
         with controller.limit(limits=max(1, min(current, (os.cpu_count() or 1) - 1)), user_api="blas"):
-            return backend.run(forward, dtype, params, config)
+            return backend.run(forward, dtype)
     return dataclasses.replace(backend, run=run)
 
 
