@@ -347,6 +347,12 @@ def test_import_levit_np_does_not_import_numba():
     assert out.stdout.strip() == "False"
 
 
+@pytest.mark.skipif(JIT, reason="with the JIT on, see the test below")
+def test_auto_runs_the_numpy_reference_with_the_jit_off(tiny):
+    model = levit_np.from_pretrained(tiny)  # nothing compiles, nothing waits: the reference
+    assert model.backend == "numpy" and model(Rand(np.float32)(1, 3, 48, 48)).logits.shape == (1, 5)
+
+
 @pytest.mark.skipif(not JIT, reason="auto never picks numba with the JIT off")
 def test_auto_is_the_default_and_picks_numba_once_compiled(tiny):
     levit_np.from_pretrained(tiny, backend="numba")(Rand(np.float32)(1, 3, 48, 48))  # compiles (or loads) them all

@@ -69,8 +69,8 @@ class Auto:
     def __init__(self, dtype: str, numba, fallback):
         self.dtype, self.numba, self.fallback = dtype, numba, fallback
         self.compiling, self.waiting, self._next_check = None, False, 0.0
-        if compiled.is_compiled(dtype):
-            self.current = numba
+        if compiled.is_compiled(dtype) or compiled.DISABLE_JIT:  # JIT off: nothing to compile, the reference runs
+            self.current = fallback if compiled.DISABLE_JIT else numba
             return
         self.compiling = compiled.start_background_compile(dtype)
         elsewhere = self.compiling is None and compiled.compiling_elsewhere(dtype)
