@@ -9,7 +9,7 @@
     threads.py   the threading layer (TBB preferred), and use from several threads or forked processes
     target.py    the CPU Numba compiles for, and the micro-kernel's tile on it
     compiled.py  whether the kernels are compiled (Numba's on-disk cache), and compiling them ahead of time
-    runtime.py   how a forward pass runs (compiled first where the cache is cold), and backend="auto"
+    runtime.py   how a forward pass runs (one at a time; a cold cache said), and backend="auto"
     report.py    what `levit-np info` says of the fast path
     numba_internals.py   every private Numba internal the modules above rely on, each behind a small function
 """
