@@ -13,6 +13,8 @@ import reprlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .layers import as_grid, attention_bias_idxs  # the reference owns the grid and the bias-index rule
+
 # The five released checkpoints (Graham et al. 2021, Table 1; facebook/levit-* on the Hub).
 # All are LevitForImageClassificationWithTeacher with 1000 ImageNet labels; other fields take the defaults below.
 VARIANTS = {
@@ -26,7 +28,6 @@ VARIANTS = {
 ARCHITECTURES = ("LevitModel", "LevitForImageClassification", "LevitForImageClassificationWithTeacher")
 
 NUM_STAGES = 3  # HF's LevitConfig always has two down_ops, hence exactly three stages
-BN_EPS = 1e-5  # torch.nn.BatchNorm default, which HF LeViT never changes
 
 
 @dataclass(frozen=True)
@@ -318,14 +319,6 @@ def _check_image_size(c: LevitConfig) -> None:
     object.__setattr__(c, "image_size", normalize_image_size(c.image_size))
 
 
-def as_grid(size) -> tuple[int, int]:
-    """A square side or a (rows, columns) pair -> (rows, columns): 14 -> (14, 14); (28, 50) as it is."""
-    if isinstance(size, (tuple, list)):
-        rows, cols = size
-        return int(rows), int(cols)
-    return int(size), int(size)
-
-
 def _check_labels(c: LevitConfig) -> None:
     labels = c.id2label
     if not isinstance(labels, dict) or len(labels) > MAX_LABELS:
@@ -364,8 +357,6 @@ class Layer:
     @functools.cached_property
     def attention_bias_idxs(self):
         """(Nq, Nk) index into this attention layer's (H, Rh*Rw) bias table (see layers.attention_bias_idxs)."""
-        from .layers import attention_bias_idxs  # the reference owns the rule
-
         return attention_bias_idxs(self.resolution, self.resolution_out, self.stride)
 
     def hyper(self) -> dict:

@@ -11,7 +11,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from .config import BN_EPS, as_grid
+BN_EPS = 1e-5  # torch.nn.BatchNorm default, which HF LeViT never changes
+
+
+def as_grid(size) -> tuple[int, int]:
+    """A square side or a (rows, columns) pair -> (rows, columns): 14 -> (14, 14); (28, 50) as it is."""
+    if isinstance(size, (tuple, list)):
+        rows, cols = size
+        return int(rows), int(cols)
+    return int(size), int(size)
 
 
 def hardswish(x):

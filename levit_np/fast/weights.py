@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..config import BN_EPS
+from ..layers import BN_EPS
 from .target import TILE
 
 PANEL = TILE.columns  # weight columns per panel: the micro-kernel's tile width (64 with AVX-512, 16 with AVX2)
