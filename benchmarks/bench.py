@@ -347,7 +347,7 @@ def check_agreement(contenders: list[Contender], batch: int) -> dict[str, float]
 
 def cold_start(ckpt: Path, threads: int) -> list[tuple[str, dict]]:
     """import + load + first call (batch 1) in fresh processes, each backend choice with an empty, then a warm Numba
-    cache: "numba" compiles in the foreground (on two processes, and once more on one for comparison); "auto"
+    cache: "numba" compiles in the foreground; "auto"
     answers with numpy while it compiles in the background."""
     code = ("import sys, time; t0 = time.perf_counter()\n"
             "import numpy as np, levit_np; t1 = time.perf_counter()\n"
@@ -357,12 +357,10 @@ def cold_start(ckpt: Path, threads: int) -> list[tuple[str, dict]]:
             "print(t1 - t0, t2 - t1, t3 - t2, t4 - t3, used)")
     rows = []
     for backend, labels in (("numba", ("empty Numba cache", "warm Numba cache")),
-                            ("numba", ("empty Numba cache, LEVIT_NP_PARALLEL_COMPILE=0",)),
                             ("auto", ("empty Numba cache", "warm Numba cache"))):
         cache = tempfile.mkdtemp(prefix="levit-numba-cache-")
         for label in labels:
-            env = {"NUMBA_CACHE_DIR": cache, "NUMBA_NUM_THREADS": str(threads), "LEVIT_NP_BACKGROUND_COMPILE": "0",
-                   "LEVIT_NP_PARALLEL_COMPILE": "0" if "PARALLEL_COMPILE=0" in label else "1"}
+            env = {"NUMBA_CACHE_DIR": cache, "NUMBA_NUM_THREADS": str(threads), "LEVIT_NP_BACKGROUND_COMPILE": "0"}
             if label.startswith("warm"):  # fill it first, as `levit-np compile` does
                 _child("import levit_np.fast.compiled as c; c.compile_kernels('float32'); print('ok')", env)
             *times, used = _child(code, env, backend).split()

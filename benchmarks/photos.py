@@ -142,8 +142,14 @@ def serial_preprocess(path: str) -> np.ndarray:
     float arithmetic on every pixel (since replaced by a table lookup giving the same numbers)."""
     from PIL import Image
 
-    from levit_np.preprocessing import IMAGENET_MEAN, IMAGENET_STD, RESCALE_FACTOR, load_rgb, resize_box, \
-        resize_to_cover
+    from levit_np.preprocessing import (
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        RESCALE_FACTOR,
+        load_rgb,
+        resize_box,
+        resize_to_cover,
+    )
 
     rgb = load_rgb(path)
     height, width = resize_to_cover(rgb.height, rgb.width, resize_box(224))
@@ -237,8 +243,8 @@ def main(argv=None):
     ckpt, onnx_path = prepare(tmp)
     if args.split:
         cells = [("serial", "serial", args.threads, None)]
-        cells += [(f"exact, {p} preprocessing + {m} model threads", "exact", m, p) for p in range(1, 2 * args.threads + 1)
-                  for m in range(1, args.threads + 1)]
+        cells += [(f"exact, {p} preprocessing + {m} model threads", "exact", m, p)
+                  for p in range(1, 2 * args.threads + 1) for m in range(1, args.threads + 1)]
     else:
         cells = [(name, name, args.threads, None) for name in args.contenders]
     seconds = {(label, s): [] for label, *_ in cells for s in args.sets}
@@ -256,7 +262,8 @@ def fidelity(files: dict[str, list[str]]) -> str:
     from levit_np.preprocessing import IMAGENET_STD, preprocess
 
     step = 1 / (255 * max(IMAGENET_STD))  # the smallest pixel_values difference one uint8 step makes
-    lines = ["| set | images | mean abs. difference | worst image's mean | max abs. difference |", "|---|---:|---:|---:|---:|"]
+    lines = ["| set | images | mean abs. difference | worst image's mean | max abs. difference |",
+             "|---|---:|---:|---:|---:|"]
     for name, paths in files.items():
         diff = np.abs(preprocess(paths) - preprocess(paths, fast_decode=True))  # (B, 3, 224, 224)
         per_image = diff.mean(axis=(1, 2, 3))

@@ -107,7 +107,8 @@ def preprocess_each(images: Iterable, image_size: int | tuple[int, int] = DEFAUL
     """
     threads = thread_count(threads)
     ahead = max(threads, 2 * threads if ahead is None else ahead)
-    named = zip(images, names) if names is not None else ((im, describe(im, i)) for i, im in enumerate(images))
+    named = (zip(images, names, strict=True) if names is not None
+             else ((im, describe(im, i)) for i, im in enumerate(images)))
 
     def one(image, name):
         try:

@@ -64,30 +64,30 @@ def run_child(path, backend, wait=False, env=None, user=None):
 
 
 @pytest.fixture
-def small(checkpoint, tmp_path):
+def small_copy(checkpoint, tmp_path):
     _, path = checkpoint("LevitForImageClassificationWithTeacher", num_labels=10, **SMALL)
     copy = tmp_path / "ckpt"
     shutil.copytree(path, copy)
     return copy
 
 
-def test_auto_answers_with_numpy_then_moves_to_numba(small, tmp_path):
+def test_auto_answers_with_numpy_then_moves_to_numba(small_copy, tmp_path):
     env = {"NUMBA_CACHE_DIR": str(tmp_path / "numba-cache"), "LEVIT_NP_BACKGROUND_COMPILE": "1"}
-    cold, stderr = run_child(small, "auto", wait=True, env=env)
+    cold, stderr = run_child(small_copy, "auto", wait=True, env=env)
     assert cold["first_backend"] == "numpy" and cold["first_err"] == 0  # the reference itself, no compile waited for
     assert "not compiled yet" in stderr and "switched to the numba backend" in stderr  # said, once each
     assert cold["second_backend"] == "numba" and cold["second_err"] <= 1e-5
     assert cold["warm"] and Path(cold["cache_dir"]) == tmp_path / "numba-cache" / Path(cold["cache_dir"]).name
 
-    warm, stderr = run_child(small, "auto", env=env)  # a later process: the cache is warm, nothing compiles
+    warm, stderr = run_child(small_copy, "auto", env=env)  # a later process: the cache is warm, nothing compiles
     assert warm["first_backend"] == warm["second_backend"] == "numba"
     assert warm["compilations"] == 0 and warm["first_err"] <= 1e-5
     assert "not compiled" not in stderr and "compiling" not in stderr
 
 
-def test_explicit_numba_compiles_in_the_foreground_and_says_so(small, tmp_path):
+def test_explicit_numba_compiles_in_the_foreground_and_says_so(small_copy, tmp_path):
     env = {"NUMBA_CACHE_DIR": str(tmp_path / "numba-cache")}
-    cold, stderr = run_child(small, "numba", env=env)
+    cold, stderr = run_child(small_copy, "numba", env=env)
     assert cold["first_backend"] == "numba" and cold["compilations"] > 0 and cold["first_err"] <= 1e-5
     assert stderr.count("compiling the numba kernels") == 1 and cold["warm"]
 
@@ -115,10 +115,11 @@ SAID_ONCE = textwrap.dedent("""
 """)
 
 
-def test_a_fallback_is_said_once_per_process(small):
+def test_a_fallback_is_said_once_per_process(small_copy):
     """backend="auto" falling back to the numpy reference says so once per process, however many models do, and
     so does a background compile that fails (each model then stays on numpy)."""
-    out = subprocess.run([sys.executable, "-c", SAID_ONCE, str(small)], capture_output=True, text=True, timeout=300)
+    out = subprocess.run([sys.executable, "-c", SAID_ONCE, str(small_copy)], capture_output=True, text=True,
+                         timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     shown = json.loads(out.stdout.strip().splitlines()[-1])
     assert len(shown) == 2 and all(m.startswith("FastPathWarning: ") for m in shown), shown
@@ -127,13 +128,13 @@ def test_a_fallback_is_said_once_per_process(small):
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root to run as another user")
-def test_read_only_install_caches_in_the_users_cache_directory(small):
+def test_read_only_install_caches_in_the_users_cache_directory(small_copy):
     """As `nobody`, who cannot write next to the package (as in a system or Docker install), Numba caches in that
     user's cache directory, and a second process finds it warm."""
     base = Path(tempfile.mkdtemp(prefix="levit-nobody-"))  # not under pytest's 0700 tmp: nobody must reach it
     try:
         base.chmod(0o755)
-        shutil.copytree(small, base / "ckpt")
+        shutil.copytree(small_copy, base / "ckpt")
         for p in [base / "ckpt", *(base / "ckpt").iterdir()]:
             p.chmod(0o755)
         home = base / "home"
@@ -149,7 +150,7 @@ def test_read_only_install_caches_in_the_users_cache_directory(small):
         shutil.rmtree(base, ignore_errors=True)
 
 
-def test_levit_np_compile_then_info_says_auto_runs_numba(small, tmp_path):
+def test_levit_np_compile_then_info_says_auto_runs_numba(small_copy, tmp_path):
     env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba-cache")}
 
     def cli(*args):
@@ -158,10 +159,10 @@ def test_levit_np_compile_then_info_says_auto_runs_numba(small, tmp_path):
         assert out.returncode == 0, out.stderr[-2000:]
         return out
 
-    assert json.loads(cli("info", str(small), "--json").stdout)["fast_path"]["auto_backend"]["float32"] != "numba"
+    assert json.loads(cli("info", str(small_copy), "--json").stdout)["fast_path"]["auto_backend"]["float32"] != "numba"
     done = cli("compile")
     assert "compiling the numba kernels (float32)" in done.stderr and "float32: compiled in" in done.stdout
-    fast = json.loads(cli("info", str(small), "--json").stdout)["fast_path"]
+    fast = json.loads(cli("info", str(small_copy), "--json").stdout)["fast_path"]
     assert fast["auto_backend"]["float32"] == "numba"
     assert Path(fast["numba_cache"]).is_relative_to(tmp_path / "numba-cache")
     assert "already compiled" in cli("compile").stdout
@@ -194,7 +195,7 @@ def test_an_edit_to_any_fast_path_source_is_a_fresh_compile(tmp_path):
     assert all(a != b for a, b in zip(same, edited, strict=True)), (same, edited)
 
 
-def test_numpy_path_leaves_a_core_to_the_background_compile(small, monkeypatch):
+def test_numpy_path_leaves_a_core_to_the_background_compile(small_copy, monkeypatch):
     """While backend="auto" waits for a compile on this machine, the numpy reference runs NumPy's BLAS on one core
     fewer (threads that wait for each other at every product, one of them sharing a core with the compiler, made a
     folder of photos several times slower), and gets its threads back afterwards."""
@@ -221,8 +222,8 @@ def test_numpy_path_leaves_a_core_to_the_background_compile(small, monkeypatch):
     monkeypatch.setattr(compiled, "start_background_compile", lambda dtype="float32": Compiling())
     x = np.zeros((1, 3, 64, 64), np.float32)
     with threadpoolctl.threadpool_limits(2, user_api="blas"):
-        levit_np.from_pretrained(small, backend="numpy")(x)
-        waiting = levit_np.from_pretrained(small, backend="auto")  # as backend="auto" is while a compile runs
+        levit_np.from_pretrained(small_copy, backend="numpy")(x)
+        waiting = levit_np.from_pretrained(small_copy, backend="auto")  # as backend="auto" is while a compile runs
         waiting._choose._next_check = float("inf")
         assert waiting.backend == "numpy" and waiting._choose.waiting
         waiting(x)

@@ -3,8 +3,9 @@
 import subprocess
 import sys
 
-from helpers import random_pixels
 from test_layering import import_graph
+
+from helpers import random_pixels
 
 
 def modules_after(code: str) -> set[str]:

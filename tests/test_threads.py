@@ -9,8 +9,6 @@ import textwrap
 import numba
 import pytest
 
-from helpers import SMALL
-
 pytestmark = pytest.mark.skipif(numba.config.DISABLE_JIT, reason="no thread pool under NUMBA_DISABLE_JIT")
 
 
@@ -57,11 +55,6 @@ FORK = textwrap.dedent("""
     print(numba.threading_layer(), queue.get(timeout=60))
     p.join(60)
 """)
-
-
-@pytest.fixture(scope="module")
-def small(checkpoint):
-    return checkpoint("LevitForImageClassificationWithTeacher", num_labels=10, **SMALL)[1]
 
 
 def layer_available(layer):

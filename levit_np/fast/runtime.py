@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
 import sys
 import time
 import warnings
 from pathlib import Path
 
+from ..cores import available_cpus
 from . import compiled, threads
 
 
@@ -112,7 +112,7 @@ def beside_a_compile(backend):
     def run(forward, dtype):
         controller = _blas_controller()
         current = max((lib["num_threads"] for lib in controller.info() if lib["user_api"] == "blas"), default=1)
-        with controller.limit(limits=max(1, min(current, (os.cpu_count() or 1) - 1)), user_api="blas"):
+        with controller.limit(limits=max(1, min(current, available_cpus() - 1)), user_api="blas"):
             return backend.run(forward, dtype)
     return dataclasses.replace(backend, run=run)
 
