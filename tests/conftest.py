@@ -45,7 +45,7 @@ def small(small_hf):
 
 
 def pytest_terminal_summary(terminalreporter):
-    """The worst parity error against HF this run measured, per dtype (what the README's tolerance is about)."""
+    """The worst parity error against HF this run measured, per dtype (what docs/parity.md's tolerance is about)."""
     for dtype, (err, output, test) in sorted(WORST.items()):
         terminalreporter.write_line(f"worst relative error vs HF, {dtype}: {err:.2e} (bound {RTOL[dtype]:g}), "
                                     f"{output} in {test}")

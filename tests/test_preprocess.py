@@ -118,7 +118,7 @@ def test_non_rgb_modes_converted_as_hf_convert_rgb(mode):
 
 @pytest.mark.parametrize("mode", ["L", "RGBA", "CMYK"])
 def test_hf_default_fails_on_non_rgb(mode):
-    # what the README says: HF's processor, as configured for LeViT, does not convert (ours does)
+    # what docs/preprocessing.md says: HF's processor, as configured for LeViT, does not convert (ours does)
     with pytest.raises(ValueError):
         hf(_modes()[mode])
 

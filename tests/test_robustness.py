@@ -554,7 +554,7 @@ def test_cli_json_stays_strict_json_with_nonfinite_logits(small, poisoned, tmp_p
 
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_nan_pixel_values_propagate_without_raising(small, backend):
-    # what the README says model(pixel_values) does with NaN: NaN outputs for that image, the others untouched
+    # what docs/api.md says model(pixel_values) does with NaN: NaN outputs for that image, the others untouched
     m = levit_np.from_pretrained(small, backend=backend)
     x = np.random.default_rng(0).standard_normal((2, 3, 64, 64), dtype=np.float32)
     clean = m(x[1:]).logits
