@@ -56,3 +56,11 @@ def test_every_docs_page_is_linked_from_the_readme():
 def test_readme_is_a_front_page():
     lines = (ROOT / "README.md").read_text(encoding="utf-8").count("\n")
     assert lines <= README_MAX_LINES, f"README.md has {lines} lines, over {README_MAX_LINES}: move detail to docs/"
+
+
+def test_the_license_text_is_the_one_pyproject_declares():
+    pyproject = (ROOT / "pyproject.toml").read_text(encoding="utf-8")  # (tomllib is Python 3.11+)
+    assert re.search(r'^license = "Apache-2.0"$', pyproject, re.MULTILINE)
+    assert re.search(r'^license-files = \["LICENSE"\]', pyproject, re.MULTILINE)
+    text = (ROOT / "LICENSE").read_text(encoding="utf-8")
+    assert text.split()[:4] == ["Apache", "License", "Version", "2.0,"] and "END OF TERMS AND CONDITIONS" in text
