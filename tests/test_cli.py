@@ -181,3 +181,12 @@ def test_python_dash_m_and_weights_fetch_script_without_traceback(tmp_path):
         assert "Traceback" not in proc.stderr and "HF_HUB_OFFLINE is set" in proc.stderr
     proc = subprocess.run([sys.executable, "-m", "levit_np", "--version"], capture_output=True, text=True)
     assert proc.returncode == 0 and proc.stdout.strip() == f"levit-np {levit_np.__version__}"
+
+
+def test_info_help_describes_the_command_and_its_model_argument(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["info", "--help"])
+    assert info.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())  # argparse wraps to the terminal's width
+    assert "Describe a checkpoint: its variant, architecture, parameter count" in out
+    assert "Hub id, released variant (128S, 128, 192, 256, 384) or checkpoint directory" in out

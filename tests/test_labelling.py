@@ -205,8 +205,9 @@ def test_a_worker_error_is_reported_without_traceback(tmp_path, photos, capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--resume"], "--resume and --embeddings go with --jsonl FILE"),
-    (["--embeddings", "e.npy"], "--resume and --embeddings go with --jsonl FILE"),
+    (["--resume"], "--resume goes with --jsonl FILE"),
+    (["--embeddings", "e.npy"], "--embeddings goes with --jsonl FILE"),
+    (["--resume", "--embeddings", "e.npy"], "--resume and --embeddings go with --jsonl FILE"),
     (["--workers", "0"], "argument --workers: expected a positive integer, found 0"),
     (["--workers", "two"], "argument --workers: expected a positive integer, found 'two'"),
 ])

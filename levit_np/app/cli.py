@@ -119,8 +119,9 @@ def add_predict(sub, parents: list[argparse.ArgumentParser]) -> None:
 
 def run_predict(args) -> int:
     _require_images(args)
-    if (args.resume or args.embeddings) and not args.jsonl:
-        args.usage_error("--resume and --embeddings go with --jsonl FILE")
+    given = [option for option, value in (("--resume", args.resume), ("--embeddings", args.embeddings)) if value]
+    if given and not args.jsonl:  # name only the options given
+        args.usage_error(f"{' and '.join(given)} {'go' if len(given) > 1 else 'goes'} with --jsonl FILE")
     images, failures, folder = collect_images(args.images + files_from(args.files_from))
     output = None
     if args.jsonl:  # one line per image: each image once, those already in a resumed file skipped
@@ -277,8 +278,13 @@ def run_distributed(args) -> int:
 # --- info -------------------------------------------------------------------------------------------------------
 
 def add_info(sub, parents: list[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("info", parents=parents, help="describe a checkpoint and where its weights live")
-    p.add_argument("model", nargs="?", default=DEFAULT_MODEL, help=f"(default: {DEFAULT_MODEL})")
+    p = sub.add_parser("info", parents=parents, help="describe a checkpoint and where its weights live",
+                       description="Describe a checkpoint: its variant, architecture, parameter count, labels and "
+                                   "input size, where its weights live, and what the fast path runs on this "
+                                   "machine.")
+    p.add_argument("model", nargs="?", default=DEFAULT_MODEL,
+                   help=f"Hub id, released variant ({', '.join(VARIANTS)}) or checkpoint directory (default: "
+                        f"{DEFAULT_MODEL})")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(run=run_info)
 
