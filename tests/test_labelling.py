@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tqdm
+from PIL import Image
 
 import levit_np
 from helpers import SMALL, write_photos
@@ -314,3 +315,46 @@ def test_import_levit_np_imports_no_engine():
                                 check=True).stdout.split())
     assert not {"dask", "distributed", "ray", "torch", "transformers", "levit_np.app.labelling"} & loaded
     assert os.environ.get("LEVIT_NP_BACKGROUND_COMPILE") == "0"  # conftest: no compile left running
+
+
+def test_a_folder_of_any_depth_is_walked_without_recursion(tmp_path):
+    from levit_np.app.collection import collect_images
+
+    deep = path = tmp_path / "root"
+    deep.mkdir()
+    for _ in range(1100):  # deeper than Python's recursion limit (made one by one: mkdir(parents=True) recurses)
+        path = path / "d"
+        path.mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(path / "bottom.png")
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(deep / "top.png")
+    (deep / ".hidden").mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(deep / ".hidden" / "skipped.png")
+    images, failures, folder = collect_images([str(deep)])
+    assert images == sorted([str(deep / "top.png"), str(path / "bottom.png")]) and not failures and folder
+
+
+def test_the_walk_finds_what_rglob_finds(photos):
+    from levit_np.app.collection import image_files
+
+    expected = sorted(str(p) for p in Path(photos).rglob("*.png"))  # every image of the fixture is a visible PNG
+    assert [f for f in image_files(Path(photos)) if f.endswith(".png")] == expected
+
+
+@pytest.mark.parametrize("same", ["path", "dot-path"])
+def test_jsonl_and_embeddings_must_be_two_files(small, photos, tmp_path, capsys, same, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    other = "out.jsonl" if same == "path" else "./sub/../out.jsonl"
+    (tmp_path / "sub").mkdir()
+    code, _, err = run(capsys, "predict", photos, "--model", small, "--jsonl", "out.jsonl", "--embeddings", other)
+    assert code == 1 and "the JSONL file and the embeddings file are one file (out.jsonl)" in err
+    assert not (tmp_path / "out.jsonl").exists()  # refused before anything was written
+
+
+@pytest.mark.parametrize("device", ["/dev/null", "fifo"])
+def test_jsonl_to_a_device_or_a_pipe_is_refused_at_once(small, photos, tmp_path, capsys, device):
+    target = device
+    if device == "fifo":
+        target = tmp_path / "pipe"
+        os.mkfifo(target)
+    code, _, err = run(capsys, "predict", photos, "--model", small, "--jsonl", target)
+    assert code == 1 and f"{target} is not a regular file" in err

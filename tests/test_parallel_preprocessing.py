@@ -204,3 +204,27 @@ def test_cli_fast_decode_with_workers_equals_one_process(small, photos, tmp_path
     capsys.readouterr()
     assert outputs[0] == outputs[1]
     assert [json.loads(line)["image"] for line in outputs[0].splitlines()] == photos
+
+
+def test_predict_reads_a_generator_a_batch_ahead_of_the_model(small, monkeypatch):
+    from levit_np.app import prediction
+
+    read, seen = 0, []
+
+    def images():
+        nonlocal read
+        for i in range(11):
+            read += 1
+            yield np.asarray(photo(70 + i, 64, seed=i))
+
+    classify = prediction.classify
+
+    def counting(model, pixels, names, **kw):
+        seen.append(read)  # images read when this batch reaches the model
+        return classify(model, pixels, names, **kw)
+
+    monkeypatch.setattr(prediction, "classify", counting)
+    results = levit_np.predict(images(), model=small, backend="numpy", batch_size=2)
+    assert len(results) == 11 and all(len(r) == 5 for r in results)
+    for k, count in enumerate(seen):  # batch k is at the model: at most this batch and the next one are read
+        assert count <= 2 * (k + 2), seen

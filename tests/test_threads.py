@@ -2,12 +2,15 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
 
 import numba
 import pytest
+
+import levit_np
 
 pytestmark = pytest.mark.skipif(numba.config.DISABLE_JIT, reason="no thread pool under NUMBA_DISABLE_JIT")
 
@@ -110,3 +113,9 @@ def test_tbb_is_the_layer_chosen_where_it_is_installed():
     probe = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert probe.returncode == 0, probe.stderr[-2000:]
     assert probe.stdout.startswith("tbb "), probe.stdout
+
+
+@pytest.mark.parametrize("n", [None, "2", 1.5, True])
+def test_set_num_threads_refuses_what_is_no_integer(n):
+    with pytest.raises(ValueError, match=f"num_threads must be an integer in 1..\\d+, found {re.escape(repr(n))}"):
+        levit_np.set_num_threads(n)

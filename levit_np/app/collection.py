@@ -9,6 +9,7 @@ sorted; a file is taken as it is (a missing one is reported with the other failu
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from ..preprocessing import shown
@@ -30,14 +31,27 @@ def collect_images(args: list[str]) -> tuple[list[str], list[tuple[str, str]], b
 
 
 def image_files(folder: Path) -> list[str]:
-    """Files under `folder` (recursively, hidden ones skipped) whose extension Pillow can open, sorted."""
+    """Files under `folder` (recursively, hidden files and folders skipped) whose extension Pillow can open, sorted.
+    The walk keeps its own stack of folders (no recursion: a tree of any depth), does not descend into symlinked
+    folders (a link back up would loop), and skips folders it may not read, as Path.rglob does."""
     from PIL import Image
 
     Image.init()
     extensions = {ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
-    return sorted(str(f) for f in Path(folder).rglob("*")
-                  if f.suffix.lower() in extensions and f.is_file()
-                  and not any(part.startswith(".") for part in f.relative_to(folder).parts))
+    found, folders = [], [str(Path(folder))]
+    while folders:
+        try:
+            with os.scandir(folders.pop()) as entries:
+                for entry in entries:
+                    if entry.name.startswith("."):
+                        continue
+                    if entry.is_dir(follow_symlinks=False):
+                        folders.append(entry.path)
+                    elif os.path.splitext(entry.name)[1].lower() in extensions and entry.is_file():
+                        found.append(entry.path)
+        except OSError:  # unreadable, or gone since it was listed
+            continue
+    return sorted(found)
 
 
 def unique(images: list[str]) -> list[str]:

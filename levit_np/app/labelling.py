@@ -32,6 +32,7 @@ import contextlib
 import io
 import json
 import os
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import islice
@@ -175,6 +176,9 @@ class JsonlOutput:
         self.failed: list[tuple[str, str]] = []  # (image, message) of its error lines, earlier runs' included
         self.partial_bytes = 0  # the partial last line a resume cut off
         self.rows = 0  # embedding rows named by the file's lines
+        if embeddings is not None and _same_file(self.path, Path(embeddings)):
+            raise ValueError(f"the JSONL file and the embeddings file are one file ({self.path}): give the embeddings "
+                             f"a file of their own, e.g. {self.path.with_suffix('.npy')}")
         existing = _size(self.path)
         if existing and not resume:
             raise FileExistsError(f"{self.path} already exists ({existing} bytes): pass --resume to continue it, or "
@@ -361,11 +365,26 @@ def read_embeddings(jsonl: str | os.PathLike, npy: str | os.PathLike) -> tuple[l
 
 
 def _size(path: Path) -> int:
-    """The size of the file at `path`; 0 when there is none. A directory is an error naming it."""
+    """The size of the file at `path`; 0 when there is none. A directory, or anything else that is not a regular
+    file (/dev/null, /dev/stdout, a FIFO: nothing a job can append to, fsync and resume), is an error naming it."""
     try:
         if path.is_dir():
             raise IsADirectoryError(f"{path} is a directory, not a file")
-        return path.stat().st_size
+        info = path.stat()
     except FileNotFoundError:
         return 0
+    if not stat.S_ISREG(info.st_mode):
+        raise OSError(f"{path} is not a regular file (a device, a pipe or a socket): labels and embeddings are "
+                      f"written to files that can be appended to, synced and resumed; give a file path")
+    return info.st_size
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name one file: the same path once resolved, or (both existing) the same inode."""
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist yet
+        return False
 

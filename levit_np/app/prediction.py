@@ -39,7 +39,8 @@ def predict(images, model: str | os.PathLike | Levit = DEFAULT_MODEL, top_k: int
     """Top-k (label, probability) pairs, most probable first, for one image; a list of such lists for a list.
 
     images: a path, a PIL image, a uint8 / uint16 (H, W[, C]) array, an encoded image file (bytes, bytearray,
-        memoryview, a binary file object), or a list of them (or a (B, H, W, C) array).
+        memoryview, a binary file object), or a list of them (or a (B, H, W, C) array), or any iterable of them (a
+        generator is read lazily: memory stays bounded by the batch size).
     model: a Hub id ("facebook/levit-128S"), a variant ("128S"), a local checkpoint directory, or a loaded `Levit`.
     backend: None or "auto" for `from_pretrained`'s default, else "numba" or "numpy".
     image_size: None for the checkpoint's own input size, else the size to run it at (S, or (height, width), multiples
@@ -52,13 +53,20 @@ def predict(images, model: str | os.PathLike | Levit = DEFAULT_MODEL, top_k: int
     cannot be found or fetched.
     """
     single = is_single_image(images)
-    items = as_image_list(images)
-    names = [describe(im, None if single else i) for i, im in enumerate(items)]
-    for im, name in zip(items, names, strict=True):  # cheap checks first, before any model loads
-        check_image(im, name=name)
     positive_int(top_k, "top_k")
     positive_int(batch_size, "batch_size")
     thread_count(threads)
+    names = None
+    if single or isinstance(images, (list, tuple, np.ndarray)):  # in memory already: cheap checks before any load
+        items = as_image_list(images)
+        names = [describe(im, None if single else i) for i, im in enumerate(items)]
+        for im, name in zip(items, names, strict=True):
+            check_image(im, name=name)
+    else:  # a generator or another iterable: read lazily, a batch ahead of the model, never all at once
+        try:
+            items = iter(images)
+        except TypeError:
+            raise ValueError(f"expected an image or a list of images, found {type(images).__name__}") from None
     m = load_model(model, backend, image_size)
     results = [preds for _, preds in iter_predictions(items, m, top_k=top_k, batch_size=batch_size, names=names,
                                                       fast_decode=fast_decode, threads=threads)]

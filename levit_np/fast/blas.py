@@ -206,6 +206,8 @@ def set_num_threads(n: int) -> None:
     which run the numpy backend's matmuls (where NumPy and SciPy share one BLAS, until the next numba-backend call
     sets it back to one). `n` may not exceed NUMBA_NUM_THREADS (default: all cores), which Numba fixes when it
     starts."""
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
+        raise ValueError(f"num_threads must be an integer in 1..{numba.config.NUMBA_NUM_THREADS}, found {n!r}")
     n = int(n)
     if not 1 <= n <= numba.config.NUMBA_NUM_THREADS:
         raise ValueError(f"num_threads must be in 1..{numba.config.NUMBA_NUM_THREADS} (NUMBA_NUM_THREADS), found {n}")
