@@ -322,15 +322,22 @@ def test_a_folder_of_any_depth_is_walked_without_recursion(tmp_path):
 
     deep = path = tmp_path / "root"
     deep.mkdir()
-    for _ in range(1100):  # deeper than Python's recursion limit (made one by one: mkdir(parents=True) recurses)
-        path = path / "d"
-        path.mkdir()
-    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(path / "bottom.png")
-    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(deep / "top.png")
-    (deep / ".hidden").mkdir()
-    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(deep / ".hidden" / "skipped.png")
-    images, failures, folder = collect_images([str(deep)])
-    assert images == sorted([str(deep / "top.png"), str(path / "bottom.png")]) and not failures and folder
+    levels = []
+    try:
+        for _ in range(1100):  # deeper than Python's recursion limit (made one by one: mkdir(parents=True) recurses)
+            path = path / "d"
+            path.mkdir()
+            levels.append(path)
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(path / "bottom.png")
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(deep / "top.png")
+        (deep / ".hidden").mkdir()
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(deep / ".hidden" / "skipped.png")
+        images, failures, folder = collect_images([str(deep)])
+        assert images == sorted([str(deep / "top.png"), str(path / "bottom.png")]) and not failures and folder
+    finally:  # removed bottom up: shutil.rmtree, which pytest cleans its old temporary folders with, recurses
+        (path / "bottom.png").unlink(missing_ok=True)
+        for level in reversed(levels):
+            level.rmdir()
 
 
 def test_the_walk_finds_what_rglob_finds(photos):
