@@ -87,10 +87,9 @@ def label_batches(model: Levit, images: list[str], *, top_k: int = 5, batch_size
     names = [shown(image) for image in images]
     with contextlib.closing(preprocess_each(images, model.config.image_size, names=names, threads=threads,
                                             fast_decode=fast_decode, ahead=batch_size)) as pixels:
-        for start in range(0, len(images), batch_size):
-            chunk = images[start:start + batch_size]
-            yield _labelled(model, chunk, list(islice(pixels, len(chunk))), names[start:start + batch_size],
-                            top_k=top_k, embeddings=embeddings)
+        for chunk, chunk_names in zip(batches(images, batch_size), batches(names, batch_size), strict=True):
+            yield _labelled(model, chunk, list(islice(pixels, len(chunk))), chunk_names, top_k=top_k,
+                            embeddings=embeddings)
 
 
 def _labelled(model: Levit, images: list[str], pixels: list, names: list[str], *, top_k: int,

@@ -96,15 +96,6 @@ def iter_predictions(images: Iterable, model: Levit, *, top_k: int = 5, batch_si
             start += len(batch)
 
 
-def predict_batch(model: Levit, images: list, names: list[str], *, top_k: int = 5, errors: str = "return",
-                  fast_decode: bool = False, threads: int | None = None):
-    """One forward pass over a batch of images, preprocessed on `threads` threads -> (results, output, rows), as
-    `classify` returns them."""
-    pixels = list(preprocess_each(images, model.config.image_size, names=names, threads=threads,
-                                  fast_decode=fast_decode))  # read to the end: its pool has ended
-    return classify(model, pixels, names, top_k=top_k, errors=errors)
-
-
 def classify(model: Levit, pixels: list, names: list[str], *, top_k: int = 5, errors: str = "return"):
     """One forward pass over a batch's preprocessed images -> (results, output, rows).
 
