@@ -32,6 +32,7 @@ import ctypes
 import functools
 import importlib.machinery
 import importlib.util
+import numbers
 import sys
 from pathlib import Path
 
@@ -40,7 +41,6 @@ import numpy as np
 import threadpoolctl
 from numba import types
 
-from ..checks import positive_int
 from .jit import DISABLE_JIT, helper, helper_or_stand_in, python_gemm
 
 SYMBOLS = {np.dtype(np.float32): "levit_np_sgemm", np.dtype(np.float64): "levit_np_dgemm"}  # what `gemm` calls
@@ -207,9 +207,10 @@ def set_num_threads(n: int) -> None:
     which run the numpy backend's matmuls (where NumPy and SciPy share one BLAS, until the next numba-backend call
     sets it back to one). `n` may not exceed NUMBA_NUM_THREADS (default: all cores), which Numba fixes when it
     starts."""
-    n = positive_int(n, "num_threads")
-    if n > numba.config.NUMBA_NUM_THREADS:
-        raise ValueError(f"num_threads must be in 1..{numba.config.NUMBA_NUM_THREADS} (NUMBA_NUM_THREADS), found {n}")
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or not 1 <= n <= numba.config.NUMBA_NUM_THREADS:
+        raise ValueError(f"num_threads must be in 1..{numba.config.NUMBA_NUM_THREADS} (NUMBA_NUM_THREADS), found "
+                         f"{n!r}")
+    n = int(n)
     numba.set_num_threads(n)
     for pool in _pools_of("numpy", threadpoolctl.ThreadpoolController()):
         _set_threads(pool, n)
